@@ -1,0 +1,303 @@
+"""Qwen2.5-VL for MedAD-R1: loading, LoRA, completion log-probs, group sampling, and a tiny offline model.
+
+Imports nothing from the project, so it can be copied alone into another experiment.
+
+    python model.py tiny --out runs/tiny --corpus runs/data/train.jsonl   # a random tiny Qwen2.5-VL + processor
+
+The tiny model is a real `Qwen2_5_VLForConditionalGeneration` with a BPE tokenizer trained offline, so
+every code path (processor, M-RoPE, vision tower, LoRA, generate) is the one the 3B model runs through.
+"""
+import argparse
+import glob
+import json
+import os
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
+                          GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                          Qwen2_5_VLProcessor)
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+# The special tokens of Qwen2.5-VL, in Qwen's order (ids follow the BPE vocabulary, as in Qwen's tokenizer).
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                  "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                  "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
+                  "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+                  "<|repo_name|>", "<|file_sep|>"]
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+END_OF_TURN = "<|im_end|>"
+# Qwen2's pre-tokenizer split (digits one by one, words with their leading space or punctuation).
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+# Qwen2.5-VL's chat template, images only.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# LoRA on the language model's attention and MLP projections only: the vision tower uses the same
+# module names (gate_proj, ...), so a plain name list would wrap it too.
+LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+
+class ImageOnlyProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL's processor without its video processor, which needs torchvision (not importable with CPU torch)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+# ---- loading ----
+
+def default_dtype(device) -> torch.dtype:
+    """bf16 where the device supports it (the paper), float32 on CPU (bf16 is slower there)."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_processor(path: str, trust_remote_code: bool = False):
+    """The processor of a hub id or folder, left-padded; AutoProcessor where torchvision exists, else the PIL one."""
+    try:
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, padding_side="left")
+    except (ImportError, OSError, ValueError, TypeError, AttributeError):
+        tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+        processor = ImageOnlyProcessor(image_processor, tokenizer, chat_template=_chat_template(path, tokenizer))
+    processor.tokenizer.padding_side = "left"  # batched generation needs left padding
+    return processor
+
+
+def _chat_template(path, tokenizer):
+    if tokenizer.chat_template:
+        return tokenizer.chat_template
+    for name in ("chat_template.jinja", "chat_template.json"):
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            text = open(file, encoding="utf-8").read()
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return None  # a hub model: transformers fetches the template with the processor
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model named by a PEFT adapter folder, or None when `path` is not one."""
+    config = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(config):
+        return None
+    return json.load(open(config))["base_model_name_or_path"]
+
+
+def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | None = None, merge: bool = True,
+               trust_remote_code: bool = False, vision: bool = True):
+    """Load (model, processor) from a hub id, a model folder, or a PEFT adapter folder (base + adapter).
+
+    An adapter is merged into the base weights unless `merge=False` (then a PeftModel is returned).
+    `vision=False` loads a text-only causal LM (a judge that is not a vision-language model).
+    """
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    path = os.path.abspath(path) if os.path.isdir(path) else path  # adapters record where their base lives
+    base = adapter_base(path) or path
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    try:
+        model = auto.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise OSError(f"cannot load the model {base!r}{' (named by ' + path + '/adapter_config.json)' if base != path else ''}:"
+                      f" give a local folder or a hub id that is cached (HF_HUB_OFFLINE=1 needs it cached). {e}") from e
+    if base != path:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, path)
+        if merge:
+            model = model.merge_and_unload()
+    has_processor = glob.glob(os.path.join(path, "tokenizer*")) if os.path.isdir(path) else True
+    processor = load_processor(path if has_processor else base, trust_remote_code) if vision else \
+        AutoTokenizer.from_pretrained(path if has_processor else base, padding_side="left")
+    return model.to(device).eval(), processor
+
+
+def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets: str = LORA_TARGETS,
+             train_vision: bool = False):
+    """Wrap the language model's projections (and the vision tower's with `train_vision`) in LoRA adapters."""
+    from peft import LoraConfig, get_peft_model
+    names = "|".join(t.strip() for t in targets.split(","))
+    towers = "language_model|visual" if train_vision else "language_model"
+    vision_names = "|qkv|proj" if train_vision else ""  # the vision tower's attention is qkv/proj
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                        target_modules=rf".*({towers}).*\.({names}{vision_names})")
+    return get_peft_model(model, config)
+
+
+# ---- log-probs and sampling ----
+
+def completion_inputs(prompt: dict, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> dict:
+    """Model inputs for prompt + completion (prompt left-padded, completion right-padded)."""
+    inputs = dict(prompt)
+    inputs["input_ids"] = torch.cat([prompt["input_ids"], completion_ids], 1)
+    inputs["attention_mask"] = torch.cat([prompt["attention_mask"], completion_mask.to(prompt["attention_mask"])], 1)
+    if "mm_token_type_ids" in prompt:  # zeros on completion tokens, or the M-RoPE positions shift from generate's
+        inputs["mm_token_type_ids"] = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(completion_ids)], 1)
+    return inputs
+
+
+def completion_logprobs(model, prompt: dict, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+    """log π(y_t | I, Q, y_<t) for every completion token: [B, T]. Logits only at the completion positions."""
+    inputs = completion_inputs(prompt, completion_ids, completion_mask)
+    P, T = prompt["input_ids"].shape[1], completion_ids.shape[1]
+    # Position P-1+t predicts token t; the LM head runs on those T positions only ([B, T, V], not [B, P+T, V]).
+    keep = torch.arange(P - 1, P + T - 1, device=completion_ids.device)
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()
+    return torch.gather(logits, 2, completion_ids.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
+
+
+def repeat_prompts(prompt: dict, n: int) -> dict:
+    """Repeat each prompt (and its image patches) n times in a row, matching generate's num_return_sequences."""
+    out = {k: v.repeat_interleave(n, 0) for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
+    if "pixel_values" in prompt:
+        grid = prompt["image_grid_thw"]
+        patches = prompt["pixel_values"].split(grid.prod(1).tolist())
+        out["pixel_values"] = torch.cat([p for p in patches for _ in range(n)])
+        out["image_grid_thw"] = grid.repeat_interleave(n, 0)
+    return out
+
+
+def end_of_turn_mask(ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
+    """1 up to and including the first end-of-turn token of each row, 0 after it: [B, T] long."""
+    is_end = torch.isin(ids, torch.tensor(end_ids, device=ids.device))
+    ended_before = (is_end.cumsum(1) - is_end.long()) > 0
+    return (~ended_before).long()
+
+
+def end_token_ids(tokenizer) -> list[int]:
+    return [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TURN, "<|endoftext|>")]
+
+
+@torch.no_grad()
+def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_tokens: int = 256,
+           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, seed: int | None = None) -> dict:
+    """G completions per prompt in one `generate` call. Rows are grouped consecutively: [p0 s0..sG-1, p1 s0, ...].
+
+    Returns completion ids [N*G, T], their mask (ends at the first end-of-turn token, included) and texts.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    tok = processor.tokenizer
+    end_ids = end_token_ids(tok)
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p,
+                                                          top_k=0)  # top_k=0: generate's default top-k 50 is off
+    out = model.generate(**prompt, **sampling, num_return_sequences=group_size, max_new_tokens=max_new_tokens,
+                         eos_token_id=end_ids, pad_token_id=tok.pad_token_id,
+                         # a sampled <|image_pad|> would break the next forward's image-token count
+                         suppress_tokens=tok.convert_tokens_to_ids(VISION_TOKENS))
+    ids = out[:, prompt["input_ids"].shape[1]:]
+    mask = end_of_turn_mask(ids, end_ids)
+    ids = ids.masked_fill(mask == 0, tok.pad_token_id)
+    texts = tok.batch_decode(ids, skip_special_tokens=True)
+    return {"completion_ids": ids, "completion_mask": mask, "texts": texts}
+
+
+# ---- the tiny offline model ----
+
+def train_tokenizer(corpus, vocab_size: int = 1024):
+    """A byte-level BPE with Qwen2's pre-tokenizer and Qwen's special tokens, trained offline on `corpus`."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    bpe = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(corpus, trainer)
+    bpe.add_special_tokens(SPECIAL_TOKENS)
+    return Qwen2Tokenizer(tokenizer_object=bpe, eos_token=END_OF_TURN, pad_token="<|endoftext|>", bos_token=None,
+                          unk_token=None, padding_side="left", errors="replace", model_max_length=32768,
+                          clean_up_tokenization_spaces=False, split_special_tokens=False)
+
+
+def tiny_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 64,
+                vision_layers: int = 1) -> Qwen2_5_VLConfig:
+    head_dim = hidden // heads
+    half = head_dim // 2  # M-RoPE splits head_dim/2 frequencies over (time, height, width)
+    mrope = [half - 2 * (half // 3), half // 3, half // 3]
+    ids = tokenizer.convert_tokens_to_ids
+    return Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                         max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+                         bos_token_id=ids("<|endoftext|>"), eos_token_id=ids(END_OF_TURN),
+                         pad_token_id=ids("<|endoftext|>")),
+        vision_config=dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
+                           num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           window_size=112, out_hidden_size=hidden, fullatt_block_indexes=list(range(vision_layers))),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=True)
+
+
+def corpus_lines(paths: list[str]):
+    """Every string of every JSONL record (or every line of a text file): the text the tokenizer should know."""
+    for path in paths:
+        for line in open(path, encoding="utf-8"):
+            if path.endswith(".jsonl"):
+                record = json.loads(line)
+                yield from (v for v in record.values() if isinstance(v, str))
+                yield from (o for o in record.get("options", []) if isinstance(o, str))
+            else:
+                yield line
+
+
+def build_tiny(out: str, *, seed: int = 0, corpus=(), vocab_size: int = 1024, hidden: int = 64, layers: int = 2,
+               image_px: int = 112) -> str:
+    """Write a randomly initialised tiny Qwen2.5-VL and its processor to `out`; loads like the hub model."""
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer(["<think> </think> <answer> </answer> A B C D", *corpus], vocab_size)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = tiny_config(tokenizer, hidden=hidden, layers=layers)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=config.text_config.bos_token_id, pad_token_id=config.text_config.pad_token_id,
+        eos_token_id=end_token_ids(tokenizer), do_sample=False)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # Images of up to image_px² pixels: 112 px gives 8x8 patches of 14 px, merged 2x2 into 16 image tokens.
+    Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=image_px * image_px).save_pretrained(out)
+    return out
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tiny = sub.add_parser("tiny", help="write a random tiny Qwen2.5-VL and its processor (no network)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tiny.add_argument("--out", required=True, help="output folder")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    tiny.add_argument("--corpus", nargs="*", default=[], help="JSONL or text files to train the BPE tokenizer on")
+    tiny.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size before the special tokens")
+    tiny.add_argument("--hidden", type=int, default=64, help="hidden size of the language model")
+    tiny.add_argument("--layers", type=int, default=2, help="layers of the language model")
+    tiny.add_argument("--image-px", type=int, default=112, help="largest image side the processor keeps (pixels)")
+    args = parser.parse_args()
+    build_tiny(args.out, seed=args.seed, corpus=list(corpus_lines(args.corpus)), vocab_size=args.vocab_size,
+               hidden=args.hidden, layers=args.layers, image_px=args.image_px)
+    model, _ = load_model(args.out, device="cpu")
+    print(f"wrote {args.out}: Qwen2.5-VL with {count_parameters(model):,} parameters")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+import filecmp
+import json
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+
+GOOD = {"id": "x-1", "image": "img.png", "task": "anomaly", "question": "Is there an anomaly?",
+        "options": ["Normal", "Abnormal", "Artifact only", "Indeterminate"], "answer": "B", "cot": "A mass. So Abnormal."}
+
+
+def write_lines(tmp_path, lines):
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "img.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(l if isinstance(l, str) else json.dumps(l) for l in lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("bad, field, words", [
+    ("{not json", "-", "invalid JSON"),
+    ({k: v for k, v in GOOD.items() if k != "question"}, "question", "missing"),
+    ({**GOOD, "options": "A, B, C, D"}, "options", "must be a list"),
+    ({**GOOD, "task": "segmentation"}, "task", "unknown task"),
+    ({**GOOD, "options": ["a", "b", "c"]}, "options", "exactly 4 distinct"),
+    ({**GOOD, "options": ["a", "b", "c", "a"]}, "options", "exactly 4 distinct"),
+    ({**GOOD, "answer": "E"}, "answer", "one of A, B, C, D"),
+    ({**GOOD, "answer": 1}, "answer", "must be a str"),
+    ({**GOOD, "image": "nowhere.png"}, "image", "file not found"),
+    ({**GOOD, "image": "broken.png"}, "image", "not a decodable image"),
+    ({**GOOD, "mask": "nowhere.png"}, "mask", "file not found"),
+])
+def test_each_malformed_line_names_file_line_and_field(tmp_path, bad, field, words):
+    path = write_lines(tmp_path, [GOOD, bad])
+    with pytest.raises(ValueError) as e:
+        data.load_jsonl(path)
+    assert f"{path}:2: {field}: " in str(e.value) and words in str(e.value)
+
+
+def test_every_bad_line_is_reported_and_nothing_written(tmp_path):
+    path = write_lines(tmp_path, [{**GOOD, "answer": "Z"}, GOOD, "[1, 2]", {**GOOD, "task": "x"}])
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(ValueError) as e:
+        data.load_jsonl(path)
+    msg = str(e.value)
+    assert f"{path}:1: answer" in msg and f"{path}:3: -" in msg and f"{path}:4: task" in msg and ":2:" not in msg
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_valid_records_resolve_image_paths(tmp_path):
+    records = data.load_jsonl(write_lines(tmp_path, [GOOD]))
+    assert records[0]["image_path"] == str(tmp_path / "img.png")
+
+
+def square(H, W, r0, r1, c0, c1):
+    m = np.zeros((H, W), np.uint8)
+    m[r0:r1, c0:c1] = 1
+    return m
+
+
+@pytest.mark.parametrize("mask, region", [
+    (square(100, 100, 10, 20, 10, 20), "Left Upper"),
+    (square(100, 100, 10, 20, 80, 90), "Right Upper"),
+    (square(100, 100, 80, 90, 10, 20), "Left Lower"),
+    (square(100, 100, 80, 90, 80, 90), "Right Lower"),
+    (square(100, 100, 45, 55, 45, 55), "Center Region"),
+    (square(100, 200, 24, 26, 49, 51), "Center Region"),  # centroid x=50=W/4, y=25=H/4: bounds are included
+    (square(100, 200, 23, 25, 49, 51), "Left Upper"),  # y=24 < H/4
+    (square(100, 200, 70, 80, 150, 152), "Right Lower"),  # x=151 > 3W/4
+])
+def test_region_of_follows_the_design_rule(mask, region):
+    assert data.region_of(mask) == region
+
+
+def test_region_of_uses_the_largest_component_not_the_first():
+    mask = square(100, 100, 5, 8, 5, 8)  # small, first in scan order, left upper
+    mask[70:95, 70:95] = 1  # large, right lower
+    assert data.region_of(mask) == "Right Lower"
+    diagonal = np.eye(30, dtype=np.uint8)  # 8-connected: one component along the diagonal
+    diagonal[0:2, 25:30] = 1
+    assert data.region_of(np.pad(diagonal, ((0, 70), (0, 70)))) == "Left Upper"
+
+
+def test_region_of_rejects_an_empty_mask():
+    with pytest.raises(ValueError, match="empty"):
+        data.region_of(np.zeros((10, 10)))
+
+
+def test_synthetic_set_is_valid_balanced_and_consistent(synth_dir):
+    train = data.load_jsonl(os.path.join(synth_dir, "train.jsonl"))
+    test = data.load_jsonl(os.path.join(synth_dir, "test.jsonl"))
+    records = train + test
+    letters = Counter(r["answer"] for r in records)
+    assert all(0.2 <= letters[x] / len(records) <= 0.3 for x in "ABCD"), letters
+    assert set(r["task"] for r in records) == set(data.TASKS)
+    for r in records:
+        assert r["cot"] and r["cot"].endswith(f"So the answer is {r['options']['ABCD'.index(r['answer'])]}.")
+        if r["task"] == "localization":
+            mask = np.array(Image.open(r["mask_path"]))
+            assert data.region_of(mask) == r["options"]["ABCD".index(r["answer"])], r["id"]
+    assert not {r["patient"] for r in train} & {r["patient"] for r in test}
+    assert 0.2 < len({r["image"] for r in test}) / len({r["image"] for r in records}) < 0.4
+
+
+def test_synthetic_set_is_byte_identical_for_one_seed(tmp_path):
+    a, b = data.synth(str(tmp_path / "a"), 12, seed=3), data.synth(str(tmp_path / "b"), 12, seed=3)
+    assert a == b
+    for name in ["train.jsonl", "test.jsonl", "images/synth-00005.png"]:
+        assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False)
+    data.synth(str(tmp_path / "c"), 12, seed=4)
+    assert not filecmp.cmp(tmp_path / "a" / "train.jsonl", tmp_path / "c" / "train.jsonl", shallow=False)
+
+
+def test_prompt_holds_image_question_and_lettered_options(tiny, records):
+    _, processor = tiny
+    r = records[0]
+    text = processor.apply_chat_template(data.messages(r), add_generation_prompt=True, tokenize=False)
+    assert "<|vision_start|><|image_pad|><|vision_end|>" in text and data.SYSTEM_PROMPT in text
+    assert f"{r['question']}\nA. {r['options'][0]}\nB. {r['options'][1]}" in text
+    assert text.endswith("<|im_start|>assistant\n") and r["cot"] not in text
+
+
+def test_target_batch_labels_exactly_the_target_and_its_end_of_turn(tiny, records):
+    _, processor = tiny
+    ids, mask = data.target_batch(processor.tokenizer, records[:4])
+    for i, r in enumerate(records[:4]):
+        labelled = processor.tokenizer.decode(ids[i][mask[i].bool()])
+        assert labelled == f"<think>{r['cot']}</think><answer>{r['answer']}</answer><|im_end|>"
+        assert (ids[i][~mask[i].bool()] == processor.tokenizer.pad_token_id).all()

@@ -1,0 +1,103 @@
+import json
+import os
+
+import torch
+
+import data
+import model
+
+
+def test_tiny_loads_offline_like_the_hub_model(tiny_dir, tiny):
+    m, processor = tiny
+    assert type(m).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    config = json.load(open(os.path.join(tiny_dir, "config.json")))
+    assert config["image_token_id"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert config["text_config"]["vocab_size"] >= len(processor.tokenizer)
+    for token in model.SPECIAL_TOKENS:  # every special token is one token, as in Qwen's tokenizer
+        assert len(processor.tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
+    assert processor.tokenizer.padding_side == "left"
+    assert model.count_parameters(m) < 2_000_000
+
+
+def test_left_padded_batch_equals_each_row_alone(tiny, records):
+    m, processor = tiny
+    pair = [records[0], next(r for r in records if r["image"] != records[0]["image"] and len(r["question"]) > 45)]
+    batch = data.prompt_batch(processor, pair)
+    assert (batch["attention_mask"][:, 0] == 0).any(), "rows of different lengths: one must be left padded"
+    with torch.no_grad():
+        logits = m(**batch).logits
+        for i, r in enumerate(pair):
+            alone = data.prompt_batch(processor, [r])
+            n = alone["input_ids"].shape[1]
+            torch.testing.assert_close(logits[i, -n:], m(**alone).logits[0], atol=1e-4, rtol=1e-4)
+
+
+def test_completion_logprobs_equal_full_log_softmax_and_keep_only_completion_logits(tiny, records):
+    m, processor = tiny
+    batch = data.prompt_batch(processor, records[:3])
+    ids, mask = data.target_batch(processor.tokenizer, records[:3])
+    shapes = []
+    hook = m.lm_head.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
+    with torch.no_grad():
+        lp = model.completion_logprobs(m, batch, ids, mask)
+    hook.remove()
+    V = m.lm_head.out_features
+    assert shapes == [(3, ids.shape[1], V)]  # not [B, P+T, V]
+    with torch.no_grad():
+        full = m(**model.completion_inputs(batch, ids, mask)).logits.log_softmax(-1)
+    P = batch["input_ids"].shape[1]
+    naive = full[:, P - 1:-1].gather(2, ids.unsqueeze(2)).squeeze(2)
+    torch.testing.assert_close(lp[mask.bool()], naive[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_groups_mask_and_seed(tiny, records):
+    m, processor = tiny
+    batch = data.prompt_batch(processor, records[:2])
+    a = model.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=7)
+    b = model.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=7)
+    c = model.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=8)
+    assert a["completion_ids"].shape[0] == 8 and len(a["texts"]) == 8
+    assert torch.equal(a["completion_ids"], b["completion_ids"]) and a["texts"] == b["texts"]
+    assert not torch.equal(a["completion_ids"], c["completion_ids"])
+    vision = processor.tokenizer.convert_tokens_to_ids(model.VISION_TOKENS)
+    assert not torch.isin(a["completion_ids"], torch.tensor(vision)).any()
+    # the log-probs of a second forward equal generate's own logits (M-RoPE positions right)
+    torch.manual_seed(7)
+    out = m.generate(**batch, do_sample=True, top_k=0, num_return_sequences=4, max_new_tokens=24,
+                     output_logits=True, return_dict_in_generate=True, suppress_tokens=vision,
+                     eos_token_id=model.end_token_ids(processor.tokenizer), pad_token_id=processor.tokenizer.pad_token_id)
+    gen = torch.stack(out.logits, 1).float().log_softmax(-1)
+    gen = gen.gather(2, a["completion_ids"][:, :gen.shape[1]].unsqueeze(2)).squeeze(2)
+    with torch.no_grad():
+        lp = model.completion_logprobs(m, model.repeat_prompts(batch, 4), a["completion_ids"], a["completion_mask"])
+    keep = a["completion_mask"][:, :gen.shape[1]].bool()
+    torch.testing.assert_close(lp[:, :gen.shape[1]][keep], gen[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_end_of_turn_mask_stops_after_the_first_end_token():
+    E = 9
+    ids = torch.tensor([[1, 2, E, 3, E], [1, 2, 3, 4, 5], [E, 1, 1, 1, 1]])
+    assert model.end_of_turn_mask(ids, [E]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+def test_lora_targets_the_language_model_only(tiny):
+    m, _ = tiny
+    peft_model = model.add_lora(m, r=4, alpha=8)
+    wrapped = [n for n, _ in peft_model.named_modules() if n.endswith("lora_A")]
+    assert wrapped and all("language_model" in n for n in wrapped)
+    assert {n.split(".")[-2] for n in wrapped} == set(model.LORA_TARGETS.split(","))
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with_vision = model.add_lora(model.load_model(peft_model.base_model.model.name_or_path, device="cpu")[0],
+                                 r=4, alpha=8, train_vision=True)
+    assert any("visual" in n for n, _ in with_vision.named_modules() if n.endswith("lora_A"))
+
+
+def test_repeat_prompts_repeats_rows_and_image_patches(tiny, records):
+    _, processor = tiny
+    batch = data.prompt_batch(processor, records[:2])
+    rep = model.repeat_prompts(batch, 3)
+    assert rep["input_ids"].shape[0] == 6 and torch.equal(rep["input_ids"][2], batch["input_ids"][0])
+    n0 = int(batch["image_grid_thw"][0].prod())
+    assert torch.equal(rep["pixel_values"][2 * n0:3 * n0], batch["pixel_values"][:n0])
+    assert torch.equal(rep["pixel_values"][3 * n0:4 * n0], batch["pixel_values"][n0:2 * n0])
