@@ -1,0 +1,183 @@
+"""The Con-GRPO reward (Eq. 3-6): format, accuracy, and consistency judged by a locally loaded model.
+
+Imports nothing from the project, so it can be copied alone into another experiment.
+
+    R(Y) = λ_fmt R_fmt(Y) + λ_acc R_acc(A, A*) + λ_con R_con(T, A, Q)                          (Eq. 3)
+
+R_con asks a judge F to deduce the answer from the thought T and the question Q alone (no image, no answer):
+R_con = 1 iff F(T, Q) = A, the model's own answer (Eq. 6). The judge scores the next-token logits of the four
+option letters in one batched forward pass, without generation: deterministic and cheap.
+"""
+import re
+from contextlib import nullcontext
+
+import torch
+
+LETTERS = "ABCD"
+TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+_FORMAT = re.compile(r"\s*<think>(.*)</think>\s*<answer>(.*)</answer>\s*", re.S)
+_LETTER = re.compile(r"\(?([A-D])\)?(?:[.:)]\s*.*)?", re.S)  # B, B., (B), B) or B. Left Upper
+JUDGE_SYSTEM = ("You are a careful medical expert. Read the question, its options and the reasoning, then give the "
+                "letter of the option that the reasoning concludes inside <answer> </answer>.")
+
+
+# ---- format and accuracy (Eq. 4-5) ----
+
+def format_reward(completion: str) -> float:
+    """R_fmt (Eq. 4): 1.0 iff the completion is exactly <think>T</think><answer>A</answer> (whitespace around and
+    between allowed), one of each tag, T and A not empty; else 0.0."""
+    if any(completion.count(tag) != 1 for tag in TAGS):
+        return 0.0
+    match = _FORMAT.fullmatch(completion)
+    return float(bool(match and match.group(1).strip() and match.group(2).strip()))
+
+
+def split_think_answer(completion: str) -> tuple[str | None, str | None]:
+    """(thought, answer text): the text inside the first <think></think> and the first <answer></answer>, or None."""
+    think = re.search(r"<think>(.*?)</think>", completion, re.S)
+    answer = re.search(r"<answer>(.*?)</answer>", completion, re.S)
+    return (think.group(1) if think else None), (answer.group(1) if answer else None)
+
+
+def parse_answer(answer_text: str | None, options: list[str]) -> str | None:
+    """The option letter an answer names: a letter (B, B., (B), B. Left Upper) or one option's exact text
+    (case and surrounding spaces ignored); None when it names none."""
+    if answer_text is None:
+        return None
+    text = answer_text.strip()
+    match = _LETTER.fullmatch(text)
+    if match:
+        return match.group(1)
+    by_text = {option.strip().casefold(): letter for letter, option in zip(LETTERS, options)}
+    return by_text.get(text.casefold())
+
+
+def answer_letter(completion: str, options: list[str]) -> str | None:
+    return parse_answer(split_think_answer(completion)[1], options)
+
+
+def accuracy_reward(completion: str, options: list[str], answer: str) -> float:
+    """R_acc (Eq. 5): 1.0 iff the parsed answer letter is the right one."""
+    return float(answer_letter(completion, options) == answer)
+
+
+# ---- consistency (Eq. 6) ----
+
+def judge_prompt(tokenizer, question: str, options: list[str], thought: str) -> str:
+    """The judge reads the question, the options and the thought, and continues right after <answer>."""
+    listed = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
+    chat = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": f"{question}\n{listed}"}]
+    head = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    return f"{head}<think>{thought.strip()}</think><answer>"
+
+
+class Judge:
+    """F(T, Q) of Eq. 6: the option letter a causal LM deduces from the thought alone.
+
+    `model` is any causal LM (a vision-language model is used without an image). With `disable_adapter`, a PEFT
+    model is judged with its adapter off: `--judge self` with a GRPO LoRA reuses π_SFT's weights, no second copy.
+    """
+
+    def __init__(self, model, tokenizer, *, max_thought_tokens: int = 768, disable_adapter: bool = False):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_thought_tokens, self.disable_adapter = max_thought_tokens, disable_adapter
+        self.letter_ids = self._letter_ids()
+
+    def _letter_ids(self) -> list[int]:
+        """The token each letter adds after the prompt. A tokenizer may fuse the letter with the '>' before it
+        (Qwen's pre-tokenizer splits '>A' as one piece); then the candidates are those fused tokens."""
+        probe = judge_prompt(self.tokenizer, "Q?", ["w", "x", "y", "z"], "T.")
+        alone = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
+        encoded = [self.tokenizer(probe + letter, add_special_tokens=False)["input_ids"] for letter in LETTERS]
+        heads, last = {tuple(ids[:-1]) for ids in encoded}, [ids[-1] for ids in encoded]
+        one_token = len(heads) == 1 and list(heads.pop()) in (alone, alone[:-1])  # alone[:-1]: fused with '>'
+        if not one_token or len(set(last)) != 4:
+            tails = {letter: ids[len(alone) - 1:] for letter, ids in zip(LETTERS, encoded)}
+            raise ValueError(f"the judge's tokenizer does not spell the letters A-D in one token each after "
+                             f"'<answer>' (token ids from the prompt's last token on: {tails}); use another judge")
+        return last
+
+    def _context(self, prompt: str) -> list[int]:
+        # tokenize with a letter appended and drop it: the context a fused letter token continues from
+        return self.tokenizer(prompt + "A", add_special_tokens=False)["input_ids"][:-1]
+
+    def _truncate(self, thought: str) -> str:
+        ids = self.tokenizer(thought, add_special_tokens=False)["input_ids"]
+        return thought if len(ids) <= self.max_thought_tokens else \
+            self.tokenizer.decode(ids[-self.max_thought_tokens:])  # keep the end: the conclusion
+
+    @torch.no_grad()
+    def __call__(self, questions: list[str], options: list[list[str]], thoughts: list[str]) -> list[str]:
+        """One letter per thought, from one batched forward pass."""
+        if not thoughts:
+            return []
+        rows = [self._context(judge_prompt(self.tokenizer, q, o, self._truncate(t)))
+                for q, o, t in zip(questions, options, thoughts)]
+        T = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows])  # left padding: the last position is real
+        mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+        device = next(self.model.parameters()).device
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        with self.model.disable_adapter() if self.disable_adapter else nullcontext():
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                position_ids=positions.to(device), logits_to_keep=1, use_cache=False).logits
+        best = logits[:, -1, self.letter_ids].argmax(-1).tolist()
+        return [LETTERS[i] for i in best]
+
+
+def load_judge(path: str, *, device: str = "cpu", dtype=None, max_thought_tokens: int = 768,
+               trust_remote_code: bool = False) -> Judge:
+    """A judge from a local folder or hub id: a causal LM, or a vision-language model used text-only."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except ValueError:  # a vision-language model that AutoModelForCausalLM does not map
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    model.requires_grad_(False)
+    return Judge(model.to(device).eval(), tokenizer, max_thought_tokens=max_thought_tokens)
+
+
+def consistency_rewards(judge, completions: list[str], questions: list[str], options: list[list[str]]):
+    """R_con (Eq. 6) per completion, and the judge's letters (None where it was not asked).
+
+    0.0 without asking the judge when the thought is empty or the answer cannot be parsed.
+    """
+    asked, judged = [], [None] * len(completions)
+    for i, (completion, opts) in enumerate(zip(completions, options)):
+        thought, answer = split_think_answer(completion)
+        if thought and thought.strip() and parse_answer(answer, opts):
+            asked.append(i)
+    letters = judge([questions[i] for i in asked], [options[i] for i in asked],
+                    [split_think_answer(completions[i])[0] for i in asked])
+    for i, letter in zip(asked, letters):
+        judged[i] = letter
+    rewards = [float(j is not None and j == answer_letter(c, o)) for c, o, j in zip(completions, options, judged)]
+    return rewards, judged
+
+
+# ---- the total (Eq. 3) ----
+
+def total_reward(fmt, acc, con, lambda_fmt: float = 1 / 3, lambda_acc: float = 1 / 3, lambda_con: float = 1 / 3):
+    """R = λ_fmt R_fmt + λ_acc R_acc + λ_con R_con (Eq. 3); works on floats or tensors."""
+    return lambda_fmt * fmt + lambda_acc * acc + lambda_con * con
+
+
+def score(completions: list[str], records: list[dict], judge=None, *, lambda_fmt: float = 1 / 3,
+          lambda_acc: float = 1 / 3, lambda_con: float = 1 / 3) -> dict:
+    """All rewards of a batch of completions; records[i] (question, options, answer) is completion i's question.
+
+    Returns float tensors `reward`, `format`, `accuracy`, `consistency` [N] and the judge's `judge_letters`.
+    Without a judge the consistency part is not computed and is 0.
+    """
+    options = [r["options"] for r in records]
+    fmt = torch.tensor([format_reward(c) for c in completions])
+    acc = torch.tensor([accuracy_reward(c, r["options"], r["answer"]) for c, r in zip(completions, records)])
+    if judge is not None:
+        con, letters = consistency_rewards(judge, completions, [r["question"] for r in records], options)
+        con = torch.tensor(con)
+    else:
+        con, letters = torch.zeros(len(completions)), [None] * len(completions)
+    reward = total_reward(fmt, acc, con, lambda_fmt, lambda_acc, lambda_con)
+    return {"reward": reward, "format": fmt, "accuracy": acc, "consistency": con, "judge_letters": letters}

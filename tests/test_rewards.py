@@ -1,0 +1,177 @@
+import pytest
+import torch
+
+import data
+import rewards
+from rewards import accuracy_reward, format_reward, parse_answer, split_think_answer
+
+OPTS = ["Left Upper", "Right Upper", "Left Lower", "Center Region"]
+
+FORMAT_CASES = [
+    ("<think>a lesion</think><answer>B</answer>", 1.0),
+    ("  <think>a</think>\n\n<answer>B</answer>\n", 1.0),  # whitespace around and between
+    ("<think>line one\nline two</think><answer>B</answer>", 1.0),  # multi-line thought
+    ("<think> x </think> <answer> Right Upper </answer>", 1.0),
+    ("<think></think><answer>B</answer>", 0.0),  # empty thought
+    ("<think>   </think><answer>B</answer>", 0.0),  # blank thought
+    ("<think>x</think><answer></answer>", 0.0),  # empty answer
+    ("<think>x</think><answer> \n</answer>", 0.0),
+    ("So: <think>x</think><answer>B</answer>", 0.0),  # text before
+    ("<think>x</think> so <answer>B</answer>", 0.0),  # text between
+    ("<think>x</think><answer>B</answer> done", 0.0),  # text after
+    ("<answer>B</answer><think>x</think>", 0.0),  # wrong order
+    ("<think>x<think>y</think></think><answer>B</answer>", 0.0),  # nested
+    ("<think>x</think><think>y</think><answer>B</answer>", 0.0),  # repeated think
+    ("<think>x</think><answer>B</answer><answer>C</answer>", 0.0),  # repeated answer
+    ("<think>x</think><answer>B", 0.0),  # unclosed
+    ("<think>x<answer>B</answer></think>", 0.0),  # answer inside think
+    ("B", 0.0),
+    ("", 0.0),
+]
+PARSE_CASES = [
+    ("B", "B"), ("B.", "B"), ("(B)", "B"), ("B)", "B"), ("B: Right Upper", "B"), ("B. Right Upper", "B"),
+    ("  C  ", "C"), ("right upper", "B"), ("  Center Region ", "D"), ("LEFT LOWER", "C"),
+    ("E", None), ("b", None), ("BC", None), ("Right", None), ("", None), (None, None), ("The answer is B", None),
+]
+ACCURACY_CASES = [
+    ("<think>x</think><answer>B</answer>", "B", 1.0),
+    ("<think>x</think><answer>Right Upper</answer>", "B", 1.0),
+    ("<think>x</think><answer>A</answer>", "B", 0.0),
+    ("<think>x</think>B", "B", 0.0),  # no answer block
+    ("<answer>B</answer>", "B", 1.0),  # accuracy does not need the format
+]
+
+
+@pytest.mark.parametrize("completion, expected", FORMAT_CASES)
+def test_format_reward(completion, expected):
+    assert format_reward(completion) == expected
+
+
+@pytest.mark.parametrize("text, expected", PARSE_CASES)
+def test_parse_answer(text, expected):
+    assert parse_answer(text, OPTS) == expected
+
+
+@pytest.mark.parametrize("completion, answer, expected", ACCURACY_CASES)
+def test_accuracy_reward(completion, answer, expected):
+    assert accuracy_reward(completion, OPTS, answer) == expected
+
+
+def test_split_think_answer():
+    assert split_think_answer("<think> a\nb </think><answer>C</answer>") == (" a\nb ", "C")
+    assert split_think_answer("no tags") == (None, None)
+    assert split_think_answer("<answer>A</answer>") == (None, "A")
+
+
+def test_total_reward_weights_each_part():
+    assert rewards.total_reward(1.0, 0.0, 1.0) == pytest.approx(2 / 3)
+    assert rewards.total_reward(1.0, 1.0, 0.0, 0.1, 0.8, 0.1) == pytest.approx(0.9)
+    t = rewards.total_reward(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(t, torch.tensor([2 / 3, 2 / 3]))
+
+
+class LetterHead(torch.nn.Module):
+    """A stub LM head that always prefers one token: a judge whose answer we control."""
+
+    def __init__(self, vocab, token):
+        super().__init__()
+        self.vocab, self.token = vocab, token
+
+    def forward(self, hidden):
+        logits = torch.zeros(*hidden.shape[:-1], self.vocab)
+        logits[..., self.token] = 10.0
+        return logits + 0 * hidden.sum(-1, keepdim=True)
+
+
+def test_judge_is_deterministic_and_batched_equals_one_by_one(tiny, records):
+    m, processor = tiny
+    judge = rewards.Judge(m, processor.tokenizer)
+    rs = records[:6]
+    thoughts = [r["cot"] * (1 + i % 3) for i, r in enumerate(rs)]  # different lengths: padding matters
+    args = ([r["question"] for r in rs], [r["options"] for r in rs], thoughts)
+    batched = judge(*args)
+    assert judge(*args) == batched
+    assert [judge([q], [o], [t])[0] for q, o, t in zip(*args)] == batched
+    # and the scores themselves, not only their argmax, agree
+    assert all(letter in "ABCD" for letter in batched)
+
+
+def test_consistency_reward_follows_the_judge(tiny, records):
+    m, processor = tiny
+    judge = rewards.Judge(m, processor.tokenizer)
+    m.lm_head = LetterHead(m.config.text_config.vocab_size, judge.letter_ids[2])  # the judge always deduces C
+    asked = []
+    counting = lambda q, o, t: asked.extend(t) or judge(q, o, t)  # noqa: E731
+    completions = ["<think>it is C</think><answer>C</answer>",  # consistent
+                   "<think>it is C</think><answer>A</answer>",  # thought and answer disagree
+                   "<think>it is C</think><answer>Center Region</answer>",  # option text parsed to D: disagrees
+                   "<think> </think><answer>C</answer>",  # empty thought: judge not asked
+                   "<think>it is C</think><answer>maybe</answer>",  # unparseable: judge not asked
+                   "no format but <answer>C</answer>"]  # no thought
+    n = len(completions)
+    con, letters = rewards.consistency_rewards(counting, completions, ["Where?"] * n, [OPTS] * n)
+    assert con == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert letters == ["C", "C", "C", None, None, None] and len(asked) == 3
+    scored = rewards.score(completions, [{"question": "Where?", "options": OPTS, "answer": "C"}] * n, judge)
+    torch.testing.assert_close(scored["reward"], torch.tensor([1.0, 1 / 3, 1 / 3, 1 / 3, 1 / 3, 1 / 3]))  # fmt+acc+con, fmt, fmt, acc, fmt, acc
+
+
+def test_judge_prompt_holds_no_image_and_no_answer(tiny, records):
+    m, processor = tiny
+    judge = rewards.Judge(m, processor.tokenizer)
+    seen = []
+    hook = m.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["input_ids"]), with_kwargs=True)
+    r = records[0]
+    completion = f"<think>{r['cot']}</think><answer>Zebra {r['answer']}</answer>"
+    rewards.consistency_rewards(judge, [completion], [r["question"]], [r["options"] + []])
+    hook.remove()
+    assert len(seen) == 0  # "Zebra B" is unparseable: the judge is not asked
+    completion = f"<think>{r['cot']}</think><answer>{r['options'][1]}</answer>"
+    hook = m.register_forward_pre_hook(lambda mod, args, kw: seen.append(kw["input_ids"]), with_kwargs=True)
+    rewards.consistency_rewards(judge, [completion], [r["question"]], [r["options"]])
+    hook.remove()
+    text = processor.tokenizer.decode(seen[0][0])
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert image_id not in seen[0][0].tolist() and "<|vision_start|>" not in text
+    assert r["question"] in text and text.split(r["cot"])[1] == "</think><answer>"  # nothing of the answer block
+
+
+def test_self_judge_with_lora_reuses_the_reference_weights(tiny, records):
+    import model
+    m, processor = tiny
+    base_letters_judge = rewards.Judge(m, processor.tokenizer)
+    rs = records[:5]
+    args = ([r["question"] for r in rs], [r["options"] for r in rs], [r["cot"] for r in rs])
+    scores_before = base_letters_judge(*args)
+    storage = lambda mod: {p.untyped_storage().data_ptr() for p in mod.parameters()}  # noqa: E731
+    policy = model.add_lora(m, r=4, alpha=8)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=5.0)  # an adapter that changes the outputs
+    judge = rewards.Judge(policy, processor.tokenizer, disable_adapter=True)
+    assert storage(judge.model) == storage(policy)  # no second copy
+    assert judge(*args) == scores_before  # adapter off: π_SFT's letters
+    assert rewards.LETTERS == data.LETTERS
+
+
+def test_long_thoughts_are_truncated_from_the_left(tiny):
+    m, processor = tiny
+    judge = rewards.Judge(m, processor.tokenizer, max_thought_tokens=8)
+    kept = judge._truncate("first words " * 20 + "So the answer is Brain.")
+    assert kept.endswith("Brain.") and len(processor.tokenizer(kept)["input_ids"]) <= 8
+
+
+def test_tokenizer_without_single_letter_tokens_is_refused(tiny):
+    m, processor = tiny
+
+    class Fused:  # a tokenizer that spells every letter in two tokens
+        pad_token_id = 0
+
+        def apply_chat_template(self, chat, **kw):
+            return "prompt "
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1, 2] + ([3, 4 + "ABCD".index(text[-1])] if text[-1] in "ABCD" else [])}
+
+    with pytest.raises(ValueError, match="one token each"):
+        rewards.Judge(m, Fused())
