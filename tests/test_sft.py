@@ -1,0 +1,99 @@
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import data
+import model
+import train_sft
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def eight(synth_dir, tmp_path_factory):
+    """8 training examples, as a JSONL beside the synthetic images."""
+    records = [json.loads(l) for l in open(os.path.join(synth_dir, "train.jsonl"))][:8]
+    path = os.path.join(synth_dir, "eight.jsonl")
+    data.write_jsonl(path, records)
+    return path
+
+
+def run(tiny_dir, data_path, out, *extra):
+    return train_sft.main(["--model", tiny_dir, "--data", data_path, "--out", str(out), "--lora-r", "8",
+                           "--lora-alpha", "16", "--warmup-ratio", "0", *extra])
+
+
+def test_overfits_eight_examples_and_reloads_with_peft(tiny_dir, eight, tmp_path):
+    policy = run(tiny_dir, eight, tmp_path, "--epochs", "60", "--batch-size", "8", "--micro-batch", "4",
+                 "--lr", "1e-2", "--lora-dropout", "0", "--lora-r", "32", "--lora-alpha", "64")
+    losses = [json.loads(l)["loss"] for l in open(tmp_path / "metrics.jsonl")]
+    assert losses[0] > 1.0 and losses[-1] < 0.05
+    policy.eval()
+    _, processor = model.load_model(str(tmp_path), device="cpu")
+    records = data.load_jsonl(eight)
+    prompt = data.prompt_batch(processor, records)
+    texts = model.sample(policy, processor, prompt, greedy=True, max_new_tokens=80)["texts"]
+    assert texts == [data.target(r) for r in records]
+    # the folder holds a standard PEFT adapter: PeftModel.from_pretrained gives the same logits
+    from peft import PeftModel
+    assert {"adapter_model.safetensors", "adapter_config.json", "args.json", "tokenizer.json"} <= set(os.listdir(tmp_path))
+    base, _ = model.load_model(tiny_dir, device="cpu")
+    reloaded = PeftModel.from_pretrained(base, str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**prompt).logits, policy(**prompt).logits, atol=1e-5, rtol=1e-5)
+        merged, _ = model.load_model(str(tmp_path), device="cpu")  # the project's loader merges the adapter
+        torch.testing.assert_close(merged(**prompt).logits, policy(**prompt).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_resume_equals_an_uninterrupted_run(tiny_dir, synth_dir, tmp_path):
+    train = os.path.join(synth_dir, "train.jsonl")
+    common = ["--epochs", "1", "--batch-size", "16", "--micro-batch", "8", "--lr", "1e-3"]  # dropout stays on
+    straight = tmp_path / "straight"
+    run(tiny_dir, train, straight, *common, "--stop-after", "6")
+    resumed = tmp_path / "resumed"
+    run(tiny_dir, train, resumed, *common, "--stop-after", "3")
+    assert os.path.isdir(resumed / "checkpoint-3") and not os.path.exists(resumed / "adapter_model.safetensors")
+    run(tiny_dir, train, resumed, *common, "--stop-after", "6", "--resume")
+    a = load_file(straight / "checkpoint-6" / "trainable.safetensors")
+    b = load_file(resumed / "checkpoint-6" / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base = load_file(resumed / "checkpoint-3" / "trainable.safetensors")
+    assert any(not torch.equal(a[k], base[k]) for k in a)  # the second half did train
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_equal_one(tiny_dir, synth_dir, tmp_path):
+    train = os.path.join(synth_dir, "train.jsonl")
+    args = ["--model", tiny_dir, "--data", train, "--epochs", "1", "--batch-size", "16", "--micro-batch", "4",
+            "--lr", "1e-3", "--lora-dropout", "0", "--lora-r", "8", "--lora-alpha", "16", "--stop-after", "3"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(free_port()), os.path.join(ROOT, "train_sft.py"), *args, "--out", str(tmp_path / "ddp")],
+                   check=True, env=env, cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, os.path.join(ROOT, "train_sft.py"), *args, "--out", str(tmp_path / "one")],
+                   check=True, env=env, cwd=ROOT, capture_output=True)
+    a = load_file(tmp_path / "ddp" / "checkpoint-3" / "trainable.safetensors")
+    b = load_file(tmp_path / "one" / "checkpoint-3" / "trainable.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    losses = [[json.loads(l)["loss"] for l in open(tmp_path / d / "metrics.jsonl")] for d in ("ddp", "one")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_bad_data_fails_before_training(tiny_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "task": "anatomy"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: image: missing"):
+        run(tiny_dir, str(bad), tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out")

@@ -1,0 +1,190 @@
+"""Stage 1 of MedAD-R1, Cognitive Injection: LoRA SFT of Qwen2.5-VL on <think>CoT</think><answer>letter</answer>.
+
+Minimises the negative log-likelihood of the target given the system prompt, the image, the question and its
+options (Eq. 1), averaged over the target tokens of each global batch. Only target tokens count: the system
+prompt, the user turn, the image tokens and the padding never do; the end-of-turn token after the target does,
+so that the model learns to stop. The vision tower is frozen (LoRA on the language model) unless --train-vision.
+
+Choices where the paper is silent: LoRA r=16, alpha=32, dropout 0.05 on the language model's attention and MLP
+projections; linear warm-up over 3% of the steps then cosine decay to 0; gradient clipping at 1.0; no weight decay.
+
+    python train_sft.py --model Qwen/Qwen2.5-VL-3B-Instruct --data train.jsonl --out sft_out
+    torchrun --nproc_per_node 8 train_sft.py --model ... --data train.jsonl --out sft_out   # same global batch
+
+The output folder holds the LoRA adapter (adapter_model.safetensors + adapter_config.json), the processor and
+args.json; `train_grpo.py --ckpt sft_out` and `evaluate.py --ckpt sft_out` read it as it is.
+"""
+import argparse
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+from tqdm import tqdm
+
+import data
+import model as M
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model: hub id or folder (default: %(default)s)")
+    p.add_argument("--data", required=True, help="training JSONL (design.md schema, with `cot`)")
+    p.add_argument("--out", default="sft_out", help="output folder (default: %(default)s)")
+    p.add_argument("--epochs", type=float, default=2, help="passes over the data (paper: 2)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (paper: 1e-4)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch in examples (paper: 64)")
+    p.add_argument("--micro-batch", type=int, default=8, help="examples per forward; the rest is accumulation")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--warmup-ratio", type=float, default=0.03, help="share of steps of linear warm-up before "
+                   "cosine decay to 0 (default: %(default)s)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (default: %(default)s)")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default: %(default)s)")
+    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha (default: %(default)s)")
+    p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: %(default)s)")
+    p.add_argument("--lora-targets", default=M.LORA_TARGETS, help="projections that get LoRA (default: %(default)s)")
+    p.add_argument("--train-vision", action="store_true", help="LoRA on the vision tower too (frozen by default)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    p.add_argument("--eval-data", help="held-out JSONL for the periodic evaluation")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: never)")
+    p.add_argument("--eval-samples", type=int, default=64, help="questions per evaluation (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="greedy decoding length in evaluation")
+    p.add_argument("--save-every", type=int, default=0, help="write OUT/checkpoint-STEP every N steps (0: never)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT")
+    p.add_argument("--stop-after", type=int, default=0, help="stop after this step, with a checkpoint, as if "
+                   "interrupted (0: run to the end); the schedule is unchanged")
+    p.add_argument("--merge", action="store_true", help="also write the merged full model to OUT/merged")
+    p.add_argument("--seed", type=int, default=0, help="seed of data order, LoRA init and dropout")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code from the hub")
+    return p.parse_args(argv)
+
+
+def sft_loss(policy, prompt, target_ids, target_mask, n_tokens: float):
+    """Eq. 1: −Σ log π_θ(Y* | I, Q) over the target tokens, divided by the global batch's target token count."""
+    logps = M.completion_logprobs(policy, prompt, target_ids, target_mask)
+    return -(logps * target_mask).sum() / n_tokens
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of one epoch: a permutation seeded by (seed, epoch), so a resumed run sees the same."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def evaluate_sft(policy, processor, records, micro_batch: int, max_new_tokens: int) -> dict:
+    """Held-out loss and letter accuracy (the exact `<answer>X</answer>` by greedy decoding)."""
+    policy.eval()
+    nll = tokens = correct = 0
+    for i in range(0, len(records), micro_batch):
+        chunk = records[i:i + micro_batch]
+        prompt = {k: v.to(policy.device) for k, v in data.prompt_batch(processor, chunk).items()}
+        ids, mask = (t.to(policy.device) for t in data.target_batch(processor.tokenizer, chunk))
+        nll += -(M.completion_logprobs(policy, prompt, ids, mask) * mask).sum().item()
+        tokens += mask.sum().item()
+        texts = M.sample(policy, processor, prompt, greedy=True, max_new_tokens=max_new_tokens)["texts"]
+        correct += sum(f"<answer>{r['answer']}</answer>" in t for r, t in zip(chunk, texts))
+    policy.train()
+    return {"eval_loss": nll / tokens, "eval_letter_acc": correct / len(records)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = M.init_distributed()
+    records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
+    if any("cot" not in r for r in records):
+        missing = next(r for r in records if "cot" not in r)
+        raise ValueError(f"{args.data}: record {missing['id']!r}: cot: missing (SFT needs the CoT of every record)")
+    eval_records = data.load_jsonl(args.eval_data)[:args.eval_samples] if args.eval_data else []
+    if args.batch_size % (world * args.micro_batch):
+        raise ValueError(f"--batch-size {args.batch_size} must be a multiple of world size x --micro-batch "
+                         f"({world} x {args.micro_batch})")
+    torch.manual_seed(args.seed)
+
+    # ---- model: the base, LoRA on the language model, AdamW ----
+    base, processor = M.load_model(args.model, device=device, trust_remote_code=args.trust_remote_code)
+    policy = M.add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets, args.train_vision)
+    if args.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        policy.enable_input_require_grads()
+    policy.train()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(records) / args.batch_size)
+    total_steps = math.ceil(args.epochs * steps_per_epoch)
+    scheduler = M.warmup_cosine(optimizer, total_steps, args.warmup_ratio)
+    step = 0
+    if args.resume and M.latest_checkpoint(args.out):
+        step = M.load_checkpoint(M.latest_checkpoint(args.out), policy, optimizer, scheduler)["step"]
+        if rank == 0:
+            print(f"resumed from {M.latest_checkpoint(args.out)} at step {step}")
+    ddp = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=True) if world > 1 else policy
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if base.dtype == torch.bfloat16 else nullcontext()
+    if rank == 0:
+        os.makedirs(args.out, exist_ok=True)
+        json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
+        metrics = open(os.path.join(args.out, "metrics.jsonl"), "a")
+        trainable = sum(p.numel() for p in params)
+        print(f"SFT: {len(records)} examples, {total_steps} steps of {args.batch_size}, {trainable:,} trainable "
+              f"parameters of {M.count_parameters(policy):,}, {world} process(es) on {device}")
+
+    # ---- the loop: a global batch per step, accumulated over micro-batches ----
+    bar = tqdm(total=total_steps, initial=step, desc="SFT", disable=rank != 0, dynamic_ncols=True)
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        batch = batches(len(records), args.batch_size, args.seed, epoch)[step % steps_per_epoch]
+        mine = [records[i] for i in batch[rank::world]]  # each rank its share of the same global batch
+        chunks = [mine[i:i + args.micro_batch] for i in range(0, len(mine), args.micro_batch)]
+        inputs = [(data.prompt_batch(processor, c), *data.target_batch(processor.tokenizer, c)) for c in chunks]
+        n_tokens = M.all_reduce_sum(float(sum(mask.sum() for _, _, mask in inputs)), world)
+        t0, loss_sum = time.time(), 0.0
+        for i, (prompt, ids, mask) in enumerate(inputs):
+            prompt = {k: v.to(device) for k, v in prompt.items()}
+            sync = ddp.no_sync() if world > 1 and i < len(inputs) - 1 else nullcontext()
+            with sync, amp:
+                # DDP averages gradients over ranks; × world makes it the global token mean
+                loss = sft_loss(ddp, prompt, ids.to(device), mask.to(device), n_tokens) * world
+                loss.backward()
+            loss_sum += loss.item() / world
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        loss_sum = M.all_reduce_sum(loss_sum, world)
+        seconds = time.time() - t0
+        row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
+               "grad_norm": grad_norm, "tokens_per_s": n_tokens / seconds, "seconds": seconds}
+        if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps) and rank == 0:
+            row.update(evaluate_sft(policy, processor, eval_records, args.micro_batch, args.max_new_tokens))
+        if rank == 0:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{row['lr']:.2e}")
+            bar.update(1)
+        stop = args.stop_after and step >= args.stop_after
+        if rank == 0 and ((args.save_every and step % args.save_every == 0) or stop):
+            M.save_checkpoint(args.out, step, policy, optimizer, scheduler)
+        if stop:
+            break
+    bar.close()
+
+    # ---- output: the adapter (+ merged model), the processor ----
+    if rank == 0 and step == total_steps:
+        policy.save_pretrained(args.out)
+        M.save_processor(processor, args.out)
+        if args.merge:
+            merged = policy.merge_and_unload()
+            merged.save_pretrained(os.path.join(args.out, "merged"))
+            M.save_processor(processor, os.path.join(args.out, "merged"))
+        print(f"wrote {args.out}")
+    if world > 1:
+        del ddp  # its reducer must go before the process group, or the exit hangs
+        torch.distributed.destroy_process_group()
+    return policy
+
+
+if __name__ == "__main__":
+    main()
