@@ -289,14 +289,16 @@ def all_reduce_sum(value: float | torch.Tensor, world: int):
     return t if isinstance(value, torch.Tensor) else t.item()
 
 
-def warmup_cosine(optimizer, total_steps: int, warmup_ratio: float):
-    """Linear warm-up over warmup_ratio of the steps, then cosine decay to 0."""
+def lr_schedule(optimizer, total_steps: int, warmup_ratio: float, decay: str = "cosine"):
+    """Linear warm-up over warmup_ratio of the steps, then cosine decay to 0 or a constant rate."""
     import math
     warmup = max(1, round(warmup_ratio * total_steps)) if warmup_ratio > 0 else 0
 
     def factor(step):
         if step < warmup:
             return (step + 1) / warmup
+        if decay == "constant":
+            return 1.0
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -114,7 +114,7 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(records) / args.batch_size)
     total_steps = math.ceil(args.epochs * steps_per_epoch)
-    scheduler = M.warmup_cosine(optimizer, total_steps, args.warmup_ratio)
+    scheduler = M.lr_schedule(optimizer, total_steps, args.warmup_ratio)
     step = 0
     if args.resume and M.latest_checkpoint(args.out):
         step = M.load_checkpoint(M.latest_checkpoint(args.out), policy, optimizer, scheduler)["step"]

@@ -1,0 +1,166 @@
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import data
+import model
+import train_grpo
+import train_sft
+from train_grpo import grpo_loss, group_advantages
+
+
+def test_group_advantages_subtract_the_group_mean():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
+    torch.testing.assert_close(group_advantages(r, 4), torch.tensor([0.5, -0.5, 0.0, 0.0, 0, 0, 0, 0]))
+    scaled = group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0]), 4, scale=True)
+    std = torch.tensor([1.0, 0.0, 1.0, 0.0]).std()  # unbiased
+    torch.testing.assert_close(scaled, torch.tensor([0.5, -0.5, 0.5, -0.5]) / (std + 1e-4))
+
+
+def test_at_theta_equal_sft_the_loss_is_minus_mean_advantage_with_zero_kl():
+    logps = torch.log(torch.rand(3, 5)).requires_grad_()
+    adv = torch.tensor([0.6, -0.2, 0.1])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    loss, stats = grpo_loss(logps, logps.detach(), adv, mask)
+    assert loss.item() == pytest.approx(-adv.mean().item())
+    assert stats["kl"] == 0.0 and stats["clip_frac"] == 0.0
+    loss.backward()  # d(−r Â)/dlogπ = −Â/T_i per token, averaged over 3 completions
+    expected = -(adv.unsqueeze(1) / mask.sum(1, keepdim=True)) * mask / 3
+    torch.testing.assert_close(logps.grad, expected.float())
+
+
+@pytest.mark.parametrize("log_ratio, adv, clipped", [
+    (0.5, 1.0, True),    # r = 1.65 > 1.2 with Â > 0: clipped, no gradient
+    (0.5, -1.0, False),  # r > 1+ε with Â < 0: min keeps the unclipped term
+    (-0.5, -1.0, True),  # r = 0.61 < 0.8 with Â < 0: clipped
+    (-0.5, 1.0, False),  # r < 1−ε with Â > 0: unclipped
+    (0.1, 1.0, False),   # inside the range
+])
+def test_clipping_on_each_side(log_ratio, adv, clipped):
+    ref = torch.tensor([[-1.0]])
+    logps = (ref + log_ratio).requires_grad_()
+    loss, stats = grpo_loss(logps, ref, torch.tensor([adv]), torch.ones(1, 1), epsilon=0.2, beta=0.0)
+    r = torch.exp(torch.tensor(log_ratio)).item()
+    expected = -(min(r * adv, min(max(r, 0.8), 1.2) * adv))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert (logps.grad.abs().item() == 0) == clipped and stats["clip_frac"] == float(clipped)
+
+
+def test_kl_is_k3_and_weighted_by_beta():
+    ref, logps = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    d = ref - logps
+    kl = (torch.exp(d) - d - 1)
+    loss, stats = grpo_loss(logps, ref, torch.tensor([0.0]), torch.ones(1, 2), beta=0.04)
+    assert loss.item() == pytest.approx(0.04 * kl.mean().item(), rel=1e-5)
+    assert stats["kl"] == pytest.approx(kl.mean().item(), rel=1e-5)
+
+
+def test_masked_tokens_change_nothing():
+    logps, ref = torch.log(torch.rand(2, 6)), torch.log(torch.rand(2, 6))
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+    adv = torch.tensor([0.3, -0.7])
+    noisy = logps.clone()
+    noisy[mask == 0] = -30.0  # garbage past the end of turn (log-probs are <= 0)
+    for agg in ("seq", "token", "sum"):
+        a = grpo_loss(logps, ref, adv, mask, agg=agg)[0]
+        b = grpo_loss(noisy, ref, adv, mask, agg=agg)[0]
+        assert a.item() == pytest.approx(b.item())
+
+
+def test_the_three_aggregations():
+    logps = torch.zeros(2, 4)
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]])
+    adv = torch.tensor([1.0, -1.0])  # per-token loss −Â: −1 on row 0 (1 token), +1 on row 1 (4 tokens)
+    assert grpo_loss(logps, logps, adv, mask, agg="seq")[0].item() == pytest.approx(0.0)
+    assert grpo_loss(logps, logps, adv, mask, agg="token")[0].item() == pytest.approx((-1 + 4) / 5)
+    assert grpo_loss(logps, logps, adv, mask, agg="sum")[0].item() == pytest.approx((-1 + 4) / 2)
+
+
+def test_old_logps_move_the_ratio_but_not_the_kl():
+    ref = torch.tensor([[-1.0, -1.0]])
+    logps = torch.tensor([[-0.5, -0.5]])
+    adv = torch.tensor([1.0])
+    against_sft, s1 = grpo_loss(logps, ref, adv, torch.ones(1, 2), beta=0.0)
+    against_old, s2 = grpo_loss(logps, ref, adv, torch.ones(1, 2), beta=0.0, old_logps=logps)
+    assert against_sft.item() == pytest.approx(-1.2)  # r = e^0.5 clipped at 1.2
+    assert against_old.item() == pytest.approx(-1.0)  # r = 1 against the sampling policy
+    assert s1["kl"] == s2["kl"]
+
+
+@pytest.fixture(scope="module")
+def sft_out(tiny_dir, synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft")
+    train_sft.main(["--model", tiny_dir, "--data", os.path.join(synth_dir, "train.jsonl"), "--out", str(out),
+                    "--epochs", "1", "--batch-size", "16", "--lr", "5e-3", "--lora-r", "8", "--lora-alpha", "16"])
+    return str(out)
+
+
+def test_one_step_raises_positive_and_lowers_negative_advantage(sft_out, records):
+    _, processor = model.load_model(sft_out, device="cpu")
+    prompt = data.prompt_batch(processor, records[:1])
+    gains = []
+    for adv in ([1.0, 0.0], [0.0, -1.0]):  # each direction alone: first order, it must move its completion
+        policy, _ = model.load_model(sft_out, device="cpu")
+        policy.requires_grad_(True)
+        rollout = model.sample(policy, processor, prompt, group_size=2, max_new_tokens=16, seed=0)
+        ids, mask = rollout["completion_ids"], rollout["completion_mask"]
+        prompts = model.repeat_prompts(prompt, 2)
+        before = model.completion_logprobs(policy, prompts, ids, mask).detach()
+        loss, _ = grpo_loss(model.completion_logprobs(policy, prompts, ids, mask), before, torch.tensor(adv), mask,
+                            beta=0.0)
+        loss.backward()
+        torch.optim.SGD(policy.parameters(), lr=1e-3).step()
+        with torch.no_grad():
+            after = model.completion_logprobs(policy, prompts, ids, mask)
+        gains.append(((after - before) * mask).sum(1))
+    assert gains[0][0] > 0 and gains[1][1] < 0
+
+
+def test_lora_reference_equals_the_policy_before_training(sft_out, records):
+    sft, processor = model.load_model(sft_out, device="cpu")
+    prompt = data.prompt_batch(processor, records[:2])
+    ids, mask = data.target_batch(processor.tokenizer, records[:2])
+    with torch.no_grad():
+        expected = model.completion_logprobs(sft, prompt, ids, mask)
+    policy = model.add_lora(sft, r=4, alpha=8, dropout=0.0)
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)  # as if trained
+    assert torch.equal(train_grpo.reference_logprobs(policy, None, prompt, ids, mask), expected)
+    with torch.no_grad():
+        assert not torch.equal(model.completion_logprobs(policy, prompt, ids, mask), expected)
+
+
+def grpo(sft_out, data_path, out, *extra):
+    return train_grpo.main(["--ckpt", sft_out, "--data", data_path, "--out", str(out), "--group-size", "4",
+                            "--prompts-per-step", "2", "--max-new-tokens", "24", "--micro-batch", "4", "--lr", "1e-4",
+                            *extra])
+
+
+def test_end_to_end_writes_model_metrics_and_samples(sft_out, synth_dir, tmp_path):
+    grpo(sft_out, os.path.join(synth_dir, "train.jsonl"), tmp_path, "--epochs", "0.02", "--log-samples-every", "1")  # 2 steps
+    rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert len(rows) >= 2
+    for key in ("reward", "accuracy", "format_rate", "consistency_rate", "kl", "clip_frac", "completion_len",
+                "zero_adv_groups", "t_sample", "t_judge", "t_loss"):
+        assert key in rows[0]
+    samples = [json.loads(l) for l in open(tmp_path / "samples.jsonl")]
+    assert len(samples) == 4 * len(rows) and {"completion", "reward", "judge"} <= samples[0].keys()
+    loaded, _ = model.load_model(str(tmp_path), device="cpu")  # evaluate.py --ckpt OUT loads it the same way
+    assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
+
+
+def test_resume_equals_an_uninterrupted_run(sft_out, synth_dir, tmp_path):
+    train = os.path.join(synth_dir, "train.jsonl")
+    grpo(sft_out, train, tmp_path / "straight", "--lora", "--stop-after", "4")
+    grpo(sft_out, train, tmp_path / "resumed", "--lora", "--stop-after", "2")
+    grpo(sft_out, train, tmp_path / "resumed", "--lora", "--stop-after", "4", "--resume")
+    a = load_file(tmp_path / "straight" / "checkpoint-4" / "trainable.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoint-4" / "trainable.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]

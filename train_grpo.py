@@ -1,0 +1,293 @@
+"""Stage 2 of MedAD-R1, Reasoning Reinforcement: Con-GRPO (Eq. 2-8), a hand-written loop.
+
+Con-GRPO in one paragraph: for every prompt (image I, question Q) sample a group of G completions
+Y = <think>T</think><answer>A</answer> from the policy π_θ; score each with R = λ_fmt R_fmt + λ_acc R_acc +
+λ_con R_con (Eq. 3-6), where R_con = 1 iff a judge that reads only Q and the thought T deduces the model's own
+answer A; the advantage of a completion is its reward minus its group's mean (Eq. 7); then maximise the clipped
+per-token ratio objective with a KL penalty to π_SFT (Eq. 8). One optimizer step per batch of samples.
+
+Choices where the paper is silent or ambiguous, each with the flag that changes it:
+- The ratio r_t = π_θ / π_SFT is taken against the frozen SFT policy, as Eq. 8 writes it (--ratio-ref sft).
+  Standard GRPO (DeepSeekMath, TRL) takes it against the sampling policy π_old: --ratio-ref old.
+- KL_t is the k3 estimator exp(logπ_SFT − logπ_θ) − (logπ_SFT − logπ_θ) − 1, as in DeepSeekMath; β = 0.04.
+- The advantage is R − mean(R) (Eq. 7), not divided by the group's std (--scale-rewards divides).
+- The loss is averaged over each completion's tokens, then over completions (--loss-agg seq); --loss-agg token
+  averages over all tokens of the batch, --loss-agg sum is Eq. 8's plain sum over tokens.
+- Tokens after the first end-of-turn token are masked out; that token counts (the policy learns to stop).
+- Without --lora the policy is fully fine-tuned (the paper) and π_SFT is a frozen copy; with --lora a LoRA is
+  trained on top of π_SFT and π_SFT is the same weights with the adapter disabled (no second copy).
+- --judge self reuses π_SFT's weights as the judge, text-only. The lr is constant after an optional warm-up.
+- The log-probs are those of π_θ itself (temperature 1); sampling at another --temperature is then off-policy.
+
+    python train_grpo.py --ckpt sft_out --data train.jsonl --out grpo_out
+    torchrun --nproc_per_node 8 train_grpo.py --ckpt sft_out --data train.jsonl --out grpo_out
+"""
+import argparse
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+from tqdm import tqdm
+
+import data
+import model as M
+import rewards
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", default="sft_out", help="start policy π_SFT: an SFT output folder, any model folder, "
+                   "or a hub id (the base model gives Table 2's RL-only row) (default: %(default)s)")
+    p.add_argument("--data", required=True, help="training JSONL (design.md schema)")
+    p.add_argument("--out", default="grpo_out", help="output folder (default: %(default)s)")
+    p.add_argument("--group-size", type=int, default=8, help="G completions per prompt (paper: 8)")
+    p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step; x G = global batch (paper: 64)")
+    p.add_argument("--epochs", type=float, default=1, help="passes over the prompts (paper: 1)")
+    p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (paper: 1e-6)")
+    p.add_argument("--warmup-ratio", type=float, default=0.0, help="share of steps of linear warm-up (default: 0)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
+    p.add_argument("--beta", type=float, default=0.04, help="β, the KL coefficient of Eq. 8 (paper: 0.04)")
+    p.add_argument("--epsilon", type=float, default=0.2, help="ε, the clipping range of Eq. 8 (default: 0.2)")
+    p.add_argument("--lambda-fmt", type=float, default=1 / 3, help="λ_fmt of Eq. 3 (paper: 1/3; Table 3)")
+    p.add_argument("--lambda-acc", type=float, default=1 / 3, help="λ_acc of Eq. 3 (paper: 1/3; Table 3)")
+    p.add_argument("--lambda-con", type=float, default=1 / 3, help="λ_con of Eq. 3 (paper: 1/3; Table 3)")
+    p.add_argument("--judge", default="self", help="F of Eq. 6: 'self' (π_SFT's weights, text-only) or a causal "
+                   "LM folder / hub id (default: %(default)s)")
+    p.add_argument("--judge-max-tokens", type=int, default=768, help="thought tokens the judge reads (the end)")
+    p.add_argument("--ratio-ref", choices=["sft", "old"], default="sft", help="ratio of Eq. 8 against π_SFT (paper) "
+                   "or the sampling policy (standard GRPO) (default: %(default)s)")
+    p.add_argument("--loss-agg", choices=["seq", "token", "sum"], default="seq", help="mean over each completion's "
+                   "tokens then completions / over all tokens / sum over tokens (default: %(default)s)")
+    p.add_argument("--scale-rewards", action="store_true", help="divide advantages by the group's std (DeepSeekMath)")
+    p.add_argument("--iterations", type=int, default=1, help="μ: updates per batch of samples (default: 1)")
+    p.add_argument("--lora", action="store_true", help="train a LoRA on top of π_SFT instead of all weights")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank with --lora (default: %(default)s)")
+    p.add_argument("--lora-alpha", type=int, default=32, help="LoRA alpha with --lora (default: %(default)s)")
+    p.add_argument("--lora-targets", default=M.LORA_TARGETS, help="projections that get LoRA (default: %(default)s)")
+    p.add_argument("--train-vision", action="store_true", help="train the vision tower too (frozen by default)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="completion length limit (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s)")
+    p.add_argument("--micro-batch", type=int, default=8, help="completions per forward in the loss (default: 8)")
+    p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (default: %(default)s)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    p.add_argument("--log-samples-every", type=int, default=10, help="write completions to samples.jsonl every N "
+                   "steps (0: never)")
+    p.add_argument("--save-every", type=int, default=0, help="write OUT/checkpoint-STEP every N steps (0: never)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT")
+    p.add_argument("--stop-after", type=int, default=0, help="stop after this step, with a checkpoint, as if "
+                   "interrupted (0: run to the end); the schedule is unchanged")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompt order and sampling")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code from the hub")
+    return p.parse_args(argv)
+
+
+# ---- the math: Eq. 7 and Eq. 8 ----
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = False) -> torch.Tensor:
+    """Eq. 7: Â_i = R_i − mean_j R_j over each group of G consecutive completions (÷ std with `scale`)."""
+    grouped = rewards.view(-1, group_size)
+    advantages = grouped - grouped.mean(1, keepdim=True)
+    if scale:
+        advantages = advantages / (grouped.std(1, keepdim=True) + 1e-4)
+    return advantages.flatten()
+
+
+def grpo_loss(logps, ref_logps, advantages, mask, *, epsilon: float = 0.2, beta: float = 0.04,
+              old_logps=None, agg: str = "seq"):
+    """Eq. 8, negated to be minimised: −[min(r_t Â, clip(r_t, 1−ε, 1+ε) Â) − β KL_t] over completion tokens.
+
+    logps, ref_logps, mask: [B, T]; advantages: [B]. r_t is taken against π_SFT (ref_logps) unless old_logps
+    (the sampling policy's) are given. KL_t is the k3 estimator of KL(π_θ || π_SFT).
+    """
+    ratio = torch.exp(logps - (ref_logps if old_logps is None else old_logps))
+    A = advantages.unsqueeze(1)
+    surrogate = torch.min(ratio * A, ratio.clamp(1 - epsilon, 1 + epsilon) * A)
+    log_ref_ratio = ref_logps - logps
+    kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
+    per_token = -(surrogate - beta * kl)
+    mask = mask.to(per_token.dtype)
+    tokens = mask.sum(1).clamp(min=1)
+    if agg == "seq":
+        loss = ((per_token * mask).sum(1) / tokens).mean()
+    elif agg == "token":
+        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+    elif agg == "sum":
+        loss = (per_token * mask).sum(1).mean()
+    else:
+        raise ValueError(f"unknown loss aggregation {agg!r}: seq, token or sum")
+    with torch.no_grad():
+        clipped = ((ratio < 1 - epsilon) & (A < 0)) | ((ratio > 1 + epsilon) & (A > 0))
+        stats = {"kl": ((kl * mask).sum() / mask.sum().clamp(min=1)).item(),
+                 "clip_frac": ((clipped * mask).sum() / mask.sum().clamp(min=1)).item()}
+    return loss, stats
+
+
+# ---- the pieces of a step ----
+
+def reference_logprobs(policy, reference, prompt, ids, mask):
+    """log π_SFT of the completions: the frozen copy, or the policy with its LoRA disabled."""
+    with torch.no_grad(), (policy.disable_adapter() if reference is None else nullcontext()):
+        return M.completion_logprobs(policy if reference is None else reference, prompt, ids, mask)
+
+
+def micro_batches(n: int, size: int):
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def take(prompt: dict, rows: slice) -> dict:
+    """Rows of a repeated prompt batch, with their image patches."""
+    out = {k: v[rows] for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
+    if "pixel_values" in prompt:
+        counts = prompt["image_grid_thw"].prod(1)
+        start = int(counts[:rows.start].sum())
+        out["pixel_values"] = prompt["pixel_values"][start:start + int(counts[rows].sum())]
+        out["image_grid_thw"] = prompt["image_grid_thw"][rows]
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rank, world, device = M.init_distributed()
+    records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
+    G, P = args.group_size, args.prompts_per_step
+    if P % world:
+        raise ValueError(f"--prompts-per-step {P} must be a multiple of the world size {world}")
+    torch.manual_seed(args.seed)
+
+    # ---- models: π_θ, π_SFT, the judge ----
+    sft, processor = M.load_model(args.ckpt, device=device, trust_remote_code=args.trust_remote_code)
+    if args.lora:
+        policy, reference = M.add_lora(sft, args.lora_r, args.lora_alpha, 0.0, args.lora_targets, args.train_vision), None
+    else:
+        policy = sft.requires_grad_(True)  # a merged adapter comes back frozen
+        reference = M.load_model(args.ckpt, device=device, trust_remote_code=args.trust_remote_code)[0]
+        reference.requires_grad_(False)
+        policy.model.visual.requires_grad_(args.train_vision)
+    if args.judge == "self":  # π_SFT's weights: the frozen copy, or the policy with the adapter off
+        judge = rewards.Judge(policy if reference is None else reference, processor.tokenizer, max_thought_tokens=args.judge_max_tokens,
+                              disable_adapter=args.lora)
+    else:
+        judge = rewards.load_judge(args.judge, device=device, dtype=sft.dtype, max_thought_tokens=args.judge_max_tokens,
+                                   trust_remote_code=args.trust_remote_code)
+    if args.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        if args.lora:
+            policy.enable_input_require_grads()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(records) / P)
+    total_steps = math.ceil(args.epochs * steps_per_epoch)
+    scheduler = M.lr_schedule(optimizer, total_steps * args.iterations, args.warmup_ratio, decay="constant")
+    step = 0
+    if args.resume and M.latest_checkpoint(args.out):
+        step = M.load_checkpoint(M.latest_checkpoint(args.out), policy, optimizer, scheduler)["step"]
+    ddp = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=True) if world > 1 else policy
+    weights = dict(lambda_fmt=args.lambda_fmt, lambda_acc=args.lambda_acc, lambda_con=args.lambda_con)
+    if rank == 0:
+        os.makedirs(args.out, exist_ok=True)
+        json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
+        metrics = open(os.path.join(args.out, "metrics.jsonl"), "a")
+        samples_log = open(os.path.join(args.out, "samples.jsonl"), "a")
+        print(f"Con-GRPO: {len(records)} prompts, {total_steps} steps of {P} prompts x G={G}, "
+              f"{sum(p.numel() for p in params):,} trainable parameters, {world} process(es) on {device}")
+
+    bar = tqdm(total=total_steps, initial=step, desc="Con-GRPO", disable=rank != 0, dynamic_ncols=True)
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+        batch = order[(step % steps_per_epoch) * P:(step % steps_per_epoch + 1) * P].tolist()
+        mine = [records[i] for i in batch[rank::world]]  # each rank samples whole groups for its prompts
+
+        # ---- sample G completions per prompt from π_θ ----
+        t0 = time.time()
+        policy.eval()
+        prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, mine).items()}
+        rollout = M.sample(policy, processor, prompt, group_size=G, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_p=args.top_p, seed=args.seed * 1_000_003 + step * world + rank)
+        ids, mask, texts = rollout["completion_ids"], rollout["completion_mask"], rollout["texts"]
+        t1 = time.time()
+
+        # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
+        scores = rewards.score(texts, [r for r in mine for _ in range(G)], judge, **weights)
+        advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)
+        t2 = time.time()
+
+        # ---- loss (Eq. 8): micro-batches, μ updates on this batch ----
+        policy.train()
+        prompts = M.repeat_prompts(prompt, G)
+        chunks = micro_batches(len(texts), args.micro_batch)
+        ref = [reference_logprobs(policy, reference, take(prompts, c), ids[c], mask[c]) for c in chunks]
+        old = [None] * len(chunks)
+        # global normalisers: completions (seq, sum) or tokens (token), summed over ranks; DDP then averages
+        total = M.all_reduce_sum(float(mask.sum() if args.loss_agg == "token" else len(texts)), world)
+        stats = {"kl": 0.0, "clip_frac": 0.0}
+        for _ in range(args.iterations):
+            for i, c in enumerate(chunks):
+                sync = ddp.no_sync() if world > 1 and i < len(chunks) - 1 else nullcontext()
+                with sync:
+                    logps = M.completion_logprobs(ddp, take(prompts, c), ids[c], mask[c])
+                    if args.ratio_ref == "old" and old[i] is None:
+                        old[i] = logps.detach()  # the first pass is π_old, the sampling policy
+                    loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
+                                        old_logps=old[i], agg=args.loss_agg)
+                    share = float(mask[c].sum() if args.loss_agg == "token" else c.stop - c.start)
+                    (loss * share / total * world).backward()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()}; stopping before the update. "
+                                             f"The last good checkpoint is {M.latest_checkpoint(args.out)}; try a lower "
+                                             "--lr or --max-grad-norm")
+                for k in stats:
+                    stats[k] += s[k] * (c.stop - c.start) / len(texts) / args.iterations
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        step += 1
+        t3 = time.time()
+
+        # ---- log ----
+        groups = scores["reward"].view(-1, G)
+        local = {"reward": scores["reward"].mean().item(), "accuracy": scores["accuracy"].mean().item(),
+                 "format_rate": scores["format"].mean().item(), "consistency_rate": scores["consistency"].mean().item(),
+                 "completion_len": mask.sum(1).float().mean().item(),
+                 "zero_adv_groups": (groups.max(1).values == groups.min(1).values).float().mean().item(), **stats}
+        row = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
+        row.update({k: M.all_reduce_sum(v, world) / world for k, v in local.items()})
+        row.update({"lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "t_sample": t1 - t0,
+                    "t_judge": t2 - t1, "t_loss": t3 - t2})
+        if rank == 0:
+            metrics.write(json.dumps(row) + "\n")
+            metrics.flush()
+            if args.log_samples_every and (step % args.log_samples_every == 0 or step == 1):
+                for j in range(min(len(texts), G)):  # the first group, whole
+                    samples_log.write(json.dumps({"step": step, "id": mine[j // G]["id"], "answer": mine[j // G]["answer"],
+                                                  "completion": texts[j], "reward": scores["reward"][j].item(),
+                                                  "judge": scores["judge_letters"][j]}) + "\n")
+                samples_log.flush()
+            bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.3f}", con=f"{row['consistency_rate']:.3f}")
+            bar.update(1)
+        stop = args.stop_after and step >= args.stop_after
+        if rank == 0 and ((args.save_every and step % args.save_every == 0) or stop):
+            M.save_checkpoint(args.out, step, policy, optimizer, scheduler)
+        if stop:
+            break
+    bar.close()
+
+    # ---- output: π_θ as a full model (a GRPO LoRA is merged into π_SFT), loadable like any model ----
+    if rank == 0 and step == total_steps:
+        final = policy.merge_and_unload() if args.lora else policy
+        final.save_pretrained(args.out)
+        M.save_processor(processor, args.out)
+        print(f"wrote {args.out}")
+    if world > 1:
+        del ddp  # its reducer must go before the process group, or the exit hangs
+        torch.distributed.destroy_process_group()
+    return policy
+
+
+if __name__ == "__main__":
+    main()
