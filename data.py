@@ -70,7 +70,7 @@ def _image_problem(path: str) -> str | None:
 def load_jsonl(path: str) -> list[dict]:
     """Validated records of a MedAD JSONL file; every bad line is reported as `file:line: field: problem`.
 
-    Each record gains `image_path` (and `mask_path`): absolute paths resolved against the file's folder.
+    Each record gains `where` (file:line) and `image_path` (and `mask_path`), resolved against the file's folder.
     """
     folder = os.path.dirname(os.path.abspath(path))
     records, errors = [], []
@@ -86,6 +86,7 @@ def load_jsonl(path: str) -> list[dict]:
             problems = _record_problems(record, folder)
             errors += [f"{path}:{lineno}: {field}: {problem}" for field, problem in problems]
             if not problems:
+                record["where"] = f"{path}:{lineno}"
                 record["image_path"] = os.path.join(folder, record["image"])
                 if "mask" in record:
                     record["mask_path"] = os.path.join(folder, record["mask"])
@@ -99,7 +100,11 @@ def load_jsonl(path: str) -> list[dict]:
 
 
 def load_image(record: dict) -> Image.Image:
-    return Image.open(record["image_path"]).convert("RGB")
+    """The record's image as RGB; an unreadable one is an error naming the JSONL file and line."""
+    try:
+        return Image.open(record["image_path"]).convert("RGB")
+    except Exception as e:  # PIL raises many kinds for a broken file
+        raise ValueError(f"{record.get('where', '?')}: image: cannot read {record['image_path']} ({e})") from e
 
 
 # ---- prompt and batching ----

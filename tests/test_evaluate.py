@@ -1,0 +1,77 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+import evaluate
+
+
+def pred(task, correct, *, truth="x", predicted="x", letter="A", fmt=True, consistent=True, n=10, source="s1",
+         modality="MRI"):
+    return {"task": task, "correct": correct, "truth_text": truth, "predicted_text": predicted, "letter": letter,
+            "format_ok": fmt, "consistent": consistent, "completion_tokens": n, "source": source, "modality": modality}
+
+
+def test_metrics_on_hand_made_predictions():
+    rows = [pred("anatomy", True), pred("anatomy", False, letter=None, predicted=None, fmt=False, consistent=False),
+            pred("anomaly", True, truth="Abnormal", predicted="Abnormal", modality="CT"),
+            pred("anomaly", False, truth="Abnormal", predicted="Normal", modality="CT"),
+            pred("anomaly", True, truth="Normal", predicted="Normal", source="s2"),
+            pred("localization", False, n=30, source="s2")]
+    m = evaluate.metrics(rows)
+    assert m["anatomy"] == 0.5 and m["anomaly"] == pytest.approx(2 / 3) and m["localization"] == 0.0
+    assert m["modality"] is None and m["pathology"] is None  # no such questions
+    assert m["overall"] == pytest.approx(3 / 6)  # all correct answers over all questions, not a mean of tasks
+    assert m["format_rate"] == pytest.approx(5 / 6) and m["unparseable_rate"] == pytest.approx(1 / 6)
+    assert m["consistency_rate"] == pytest.approx(5 / 6)
+    assert m["sensitivity"] == 0.5 and m["specificity"] == 1.0
+    assert m["completion_len"] == pytest.approx(80 / 6)
+    assert m["by_source"] == {"s1": pytest.approx(2 / 4), "s2": pytest.approx(1 / 2)}
+    assert m["by_modality"] == {"CT": 0.5, "MRI": pytest.approx(2 / 4)}
+
+
+def test_mean_and_std_over_seeds():
+    seeds = [{"overall": 0.5, "pathology": None, "by_source": {"a": 0.1}},
+             {"overall": 0.7, "pathology": None, "by_source": {"a": 0.3}},
+             {"overall": 0.9, "pathology": None, "by_source": {"a": 0.5}}]
+    mean, std = evaluate.mean_std(seeds)
+    assert mean["overall"] == pytest.approx(0.7) and std["overall"] == pytest.approx(0.2)  # ddof=1
+    assert mean["pathology"] is None and mean["by_source"]["a"] == pytest.approx(0.3)
+    assert evaluate.mean_std(seeds[:1])[1]["overall"] == 0.0
+
+
+def test_end_to_end_numbers_recompute_from_predictions(tiny_dir, synth_dir, tmp_path):
+    out = tmp_path / "eval"
+    evaluate.main(["--ckpt", tiny_dir, tiny_dir, "--names", "a", "b", "--data", os.path.join(synth_dir, "test.jsonl"),
+                   "--out", str(out), "--seeds", "0", "1", "--limit", "24", "--max-new-tokens", "16"])
+    md = open(out / "results.md").read()
+    for column in ("Anatomy ID.", "Anomaly Det.", "Lesion Loc.", "Modality Class.", "Pathology Char.", "Overall"):
+        assert column in md.splitlines()[2]
+    report = json.load(open(out / "results.json"))
+    predictions = [json.loads(l) for l in open(out / "predictions.jsonl")]
+    assert len(predictions) == 2 * 2 * 24
+    for result in report["results"]:
+        mine = [p for p in predictions if p["model"] == result["name"]]
+        overall = [np.mean([p["correct"] for p in mine if p["seed"] == s]) for s in (0, 1)]
+        assert result["mean"]["overall"] == pytest.approx(np.mean(overall), abs=0)
+        assert result["std"]["overall"] == pytest.approx(np.std(overall, ddof=1), abs=1e-12)
+        for task in ("anatomy", "anomaly", "modality"):
+            per_seed = [np.mean([p["correct"] for p in mine if p["seed"] == s and p["task"] == task]) for s in (0, 1)]
+            assert result["mean"][task] == pytest.approx(np.mean(per_seed), abs=1e-12)
+        fmt = [np.mean([p["format_ok"] for p in mine if p["seed"] == s]) for s in (0, 1)]
+        assert result["mean"]["format_rate"] == pytest.approx(np.mean(fmt), abs=1e-12)
+    a, b = ([p["completion"] for p in predictions if p["model"] == m and p["seed"] == 0] for m in "ab")
+    assert a == b  # one seed, one checkpoint: the same completions
+
+
+def test_an_unreadable_image_names_file_and_line(tiny_dir, synth_dir, tmp_path):
+    import shutil
+    folder = tmp_path / "set"
+    shutil.copytree(synth_dir, folder)
+    first = json.loads(open(folder / "test.jsonl").readline())
+    with open(folder / first["image"], "r+b") as f:  # a valid header, then the data cut short
+        f.truncate(120)
+    with pytest.raises(ValueError, match=r"test.jsonl:1: image"):
+        evaluate.main(["--ckpt", tiny_dir, "--data", str(folder / "test.jsonl"), "--out", str(tmp_path / "e"),
+                       "--seeds", "0", "--limit", "2", "--max-new-tokens", "4"])
