@@ -149,6 +149,38 @@ def take(prompt: dict, rows: slice) -> dict:
     return out
 
 
+def policy_step(ddp, reference, optimizer, scheduler, params, prompts, ids, mask, advantages, args, world):
+    """μ optimizer steps on one batch of samples, accumulated over micro-batches; returns mean KL, clip fraction
+    and the last grad norm. The loss is normalised by the global number of completions (tokens with
+    --loss-agg token), so N ranks with the same global batch take the same step as one process."""
+    policy = ddp.module if world > 1 else ddp
+    chunks = micro_batches(len(ids), args.micro_batch)
+    ref = [reference_logprobs(policy, reference, take(prompts, c), ids[c], mask[c]) for c in chunks]
+    old = [None] * len(chunks)
+    count = (lambda c: float(mask[c].sum())) if args.loss_agg == "token" else (lambda c: float(c.stop - c.start))
+    total = M.all_reduce_sum(sum(count(c) for c in chunks), world)
+    stats = {"kl": 0.0, "clip_frac": 0.0}
+    for _ in range(args.iterations):
+        for i, c in enumerate(chunks):
+            with ddp.no_sync() if world > 1 and i < len(chunks) - 1 else nullcontext():
+                logps = M.completion_logprobs(ddp, take(prompts, c), ids[c], mask[c])
+                if args.ratio_ref == "old" and old[i] is None:
+                    old[i] = logps.detach()  # the first pass is π_old, the sampling policy; kept for μ > 1
+                loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
+                                    old_logps=old[i], agg=args.loss_agg)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"the loss is {loss.item()}: stopping before the update. The last good "
+                                             f"checkpoint is {M.latest_checkpoint(args.out)}; try a lower --lr")
+                (loss * count(c) / total * world).backward()  # × world: DDP averages gradients over ranks
+            for k in ("kl", "clip_frac"):
+                stats[k] += s[k] * (c.stop - c.start) / len(ids) / args.iterations
+        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return stats
+
+
 def main(argv=None):
     args = parse_args(argv)
     rank, world, device = M.init_distributed()
@@ -216,36 +248,10 @@ def main(argv=None):
         advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)
         t2 = time.time()
 
-        # ---- loss (Eq. 8): micro-batches, μ updates on this batch ----
+        # ---- loss (Eq. 8) and optimizer steps ----
         policy.train()
-        prompts = M.repeat_prompts(prompt, G)
-        chunks = micro_batches(len(texts), args.micro_batch)
-        ref = [reference_logprobs(policy, reference, take(prompts, c), ids[c], mask[c]) for c in chunks]
-        old = [None] * len(chunks)
-        # global normalisers: completions (seq, sum) or tokens (token), summed over ranks; DDP then averages
-        total = M.all_reduce_sum(float(mask.sum() if args.loss_agg == "token" else len(texts)), world)
-        stats = {"kl": 0.0, "clip_frac": 0.0}
-        for _ in range(args.iterations):
-            for i, c in enumerate(chunks):
-                sync = ddp.no_sync() if world > 1 and i < len(chunks) - 1 else nullcontext()
-                with sync:
-                    logps = M.completion_logprobs(ddp, take(prompts, c), ids[c], mask[c])
-                    if args.ratio_ref == "old" and old[i] is None:
-                        old[i] = logps.detach()  # the first pass is π_old, the sampling policy
-                    loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
-                                        old_logps=old[i], agg=args.loss_agg)
-                    share = float(mask[c].sum() if args.loss_agg == "token" else c.stop - c.start)
-                    (loss * share / total * world).backward()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"step {step + 1}: the loss is {loss.item()}; stopping before the update. "
-                                             f"The last good checkpoint is {M.latest_checkpoint(args.out)}; try a lower "
-                                             "--lr or --max-grad-norm")
-                for k in stats:
-                    stats[k] += s[k] * (c.stop - c.start) / len(texts) / args.iterations
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+        stats = policy_step(ddp, reference, optimizer, scheduler, params, M.repeat_prompts(prompt, G), ids, mask,
+                            advantages, args, world)
         step += 1
         t3 = time.time()
 
@@ -257,7 +263,7 @@ def main(argv=None):
                  "zero_adv_groups": (groups.max(1).values == groups.min(1).values).float().mean().item(), **stats}
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
         row.update({k: M.all_reduce_sum(v, world) / world for k, v in local.items()})
-        row.update({"lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "t_sample": t1 - t0,
+        row.update({"lr": scheduler.get_last_lr()[0], "t_sample": t1 - t0,
                     "t_judge": t2 - t1, "t_loss": t3 - t2})
         if rank == 0:
             metrics.write(json.dumps(row) + "\n")

@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -164,3 +166,27 @@ def test_resume_equals_an_uninterrupted_run(sft_out, synth_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("loss_agg", ["seq", "token"])
+def test_two_gloo_processes_take_the_same_step_as_one(sft_out, records, tmp_path, loss_agg):
+    from test_sft import ROOT, free_port
+    policy, processor = model.load_model(sft_out, device="cpu")
+    prompt = data.prompt_batch(processor, records[:2])
+    rollout = model.sample(policy, processor, prompt, group_size=4, max_new_tokens=12, seed=0)
+    torch.save({"prompts": model.repeat_prompts(prompt, 4), "ids": rollout["completion_ids"],
+                "mask": rollout["completion_mask"], "advantages": torch.tensor([1.0, -1, 0.5, -0.5, 0.2, 0.3, -0.9, 0.4])},
+               tmp_path / "rollouts.pt")
+    worker = os.path.join(ROOT, "tests", "grpo_ddp_worker.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    common = [sft_out, str(tmp_path / "rollouts.pt")]
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                    str(free_port()), worker, *common, str(tmp_path / "ddp.safetensors"), loss_agg],
+                   check=True, env=env, cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, worker, *common, str(tmp_path / "one.safetensors"), loss_agg],
+                   check=True, env=env, cwd=ROOT, capture_output=True)
+    a, b = load_file(tmp_path / "ddp.safetensors"), load_file(tmp_path / "one.safetensors")
+    before = model.trainable_state(policy.requires_grad_(True))
+    assert any(not torch.equal(a[k], before[k]) for k in a)  # the step moved the weights
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
