@@ -3,6 +3,7 @@
 Imports nothing from the project, so it can be copied alone into another experiment.
 
     python data.py synth --out runs/data --n-images 600 --seed 0     # train.jsonl, test.jsonl, images/, masks/
+    python data.py build --manifest labels.csv --out my_set           # the same from your labelled images
 
 One JSON object a line; image paths are relative to the JSONL file's folder:
     {"id": ..., "image": "images/x.png", "task": "localization", "question": ..., "options": [4 strings],
@@ -11,7 +12,7 @@ One JSON object a line; image paths are relative to the JSONL file's folder:
 import argparse
 import json
 import os
-from collections import deque
+from collections import Counter, deque
 
 import numpy as np
 from PIL import Image
@@ -437,6 +438,123 @@ def synth(out: str, n_images: int = 600, seed: int = 0, size: int = 112, test_fr
     return {"images": n_images, "train": len(train), "test": len(test)}
 
 
+# ---- building a benchmark from labelled images ----
+
+MANIFEST_FIELDS = ("image", "mask", "source", "modality", "anatomy", "anomaly", "pathology", "patient")
+YES, NO = {"yes", "true", "1"}, {"no", "false", "0"}
+
+
+def read_manifest(path: str) -> list[tuple[int, dict]]:
+    """(line number, row) pairs of a CSV (with a header) or JSONL manifest."""
+    import csv
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.endswith(".jsonl"):
+            return [(n, json.loads(line)) for n, line in enumerate(f, 1) if line.strip()]
+        return [(n + 2, row) for n, row in enumerate(csv.DictReader(f))]  # line 1 is the header
+
+
+def to_8bit_rgb(image: Image.Image) -> Image.Image:
+    """An RGB 8-bit copy for the model; 16-bit and float images are windowed to their 0.5-99.5 percentiles."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        lo, hi = np.percentile(values, [0.5, 99.5])
+        values = np.clip((values - lo) / max(hi - lo, 1e-9), 0, 1) * 255
+        image = Image.fromarray(values.round().astype(np.uint8))
+    return image.convert("RGB")
+
+
+def _row_problems(row: dict, folder: str) -> tuple[list[tuple[str, str]], dict]:
+    """(field, problem) pairs of one manifest row, and what was read of it."""
+    problems, got = [], {}
+    for field in ("image", "source", "modality", "anatomy", "anomaly"):
+        if not str(row.get(field) or "").strip():
+            problems.append((field, "missing or empty"))
+    unknown = set(row) - set(MANIFEST_FIELDS)
+    if unknown:
+        problems.append((sorted(unknown)[0], f"unknown field; expected {', '.join(MANIFEST_FIELDS)}"))
+    anomaly = str(row.get("anomaly") or "").strip().lower()
+    if anomaly and anomaly not in YES | NO:
+        problems.append(("anomaly", f"unknown value {row['anomaly']!r}; expected yes/no, true/false or 1/0"))
+    if problems:
+        return problems, got
+    try:
+        with Image.open(os.path.join(folder, row["image"])) as im:
+            got["image"] = to_8bit_rgb(im)
+    except FileNotFoundError:
+        return [("image", f"file not found: {row['image']}")], got
+    except Exception as e:  # PIL raises many kinds for a broken file
+        return [("image", f"not a readable image: {row['image']} ({type(e).__name__})")], got
+    got["anomaly"] = anomaly in YES
+    if str(row.get("mask") or "").strip():
+        try:
+            with Image.open(os.path.join(folder, row["mask"])) as im:
+                mask = np.asarray(im.convert("L")) > 0
+        except FileNotFoundError:
+            return [("mask", f"file not found: {row['mask']}")], got
+        except Exception as e:
+            return [("mask", f"not a readable image: {row['mask']} ({type(e).__name__})")], got
+        if mask.shape != got["image"].size[::-1]:
+            problems.append(("mask", f"size {mask.shape[1]}x{mask.shape[0]} differs from the image's "
+                                     f"{got['image'].size[0]}x{got['image'].size[1]}"))
+        elif got["anomaly"] and not mask.any():
+            problems.append(("mask", "empty lesion mask for a row with anomaly = yes"))
+        elif not got["anomaly"] and mask.any():
+            problems.append(("mask", "the mask marks a lesion but anomaly = no"))
+        elif got["anomaly"]:
+            got["mask"] = mask
+    return problems, got
+
+
+def build(manifest: str, out: str, seed: int = 0, test_frac: float = 0.3, vocab: dict | None = None) -> dict:
+    """Build train.jsonl / test.jsonl (the five tasks per image) and 8-bit images/ masks/ from a manifest.
+
+    Every bad row is reported as `manifest:line: field: problem`, and nothing is written until all are clean.
+    """
+    folder = os.path.dirname(os.path.abspath(manifest))
+    rows, errors = [], []
+    for line, row in read_manifest(manifest):
+        problems, got = _row_problems(row, folder)
+        errors += [f"{manifest}:{line}: {field}: {problem}" for field, problem in problems]
+        rows.append((line, row, got))
+    values = {f: sorted({str(r[f]).strip() for _, r, _ in rows if str(r.get(f) or "").strip()} | set((vocab or {}).get(f, [])))
+              for f in ("anatomy", "modality", "pathology")}
+    for field, known in values.items():
+        if len(known) < 4 and (field != "pathology" or known):
+            errors.append(f"{manifest}: {field}: only {len(known)} distinct values ({', '.join(known)}); four options "
+                          f"need at least 4: add rows or give --vocab with more {field} values")
+    if errors:
+        raise ValueError(f"{len(errors)} problem(s) in {manifest}:\n" + "\n".join(errors[:MAX_ERRORS]))
+    rng, decks, records = np.random.default_rng(seed), {}, []
+    summary = {"images": len(rows), "lesions_without_mask": 0}
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    os.makedirs(os.path.join(out, "masks"), exist_ok=True)
+    for i, (line, row, got) in enumerate(rows):
+        name = f"{i:06d}-{os.path.splitext(os.path.basename(row['image']))[0]}"
+        got["image"].save(os.path.join(out, "images", f"{name}.png"))
+        facts = {"anatomy": row["anatomy"].strip(), "modality": row["modality"].strip(), "anomaly": got["anomaly"]}
+        meta = {"source": row["source"].strip(), "modality": facts["modality"], "anatomy": facts["anatomy"],
+                "patient": str(row.get("patient") or "").strip() or name}
+        if got["anomaly"] and str(row.get("pathology") or "").strip():
+            facts["pathology"] = row["pathology"].strip()
+        if "mask" in got:
+            facts["region"] = region_of(got["mask"])
+            Image.fromarray(got["mask"].astype(np.uint8) * 255).save(os.path.join(out, "masks", f"{name}.png"))
+            meta["mask"] = f"masks/{name}.png"
+        elif got["anomaly"]:
+            summary["lesions_without_mask"] += 1  # no localization question for it
+        for q in questions_for(facts, values, rng, decks, {"anatomy": {}, "modality": {}, "pathology": {}}):
+            records.append({"id": f"{name}-{q['task']}", "image": f"images/{name}.png", **q, **meta})
+    train, test = split_by_patient(records, test_frac, seed)
+    write_jsonl(os.path.join(out, "train.jsonl"), train)
+    write_jsonl(os.path.join(out, "test.jsonl"), test)
+    count = lambda key: dict(sorted(Counter(r[key] for r in records).items()))  # noqa: E731
+    summary.update({"train": len(train), "test": len(test), "questions_per_task": count("task"),
+                    "questions_per_source": count("source"), "questions_per_modality": count("modality"),
+                    "answer_letters": count("answer")})
+    json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
+    return summary
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -446,12 +564,23 @@ def main():
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     s.add_argument("--size", type=int, default=112, help="image side in pixels")
     s.add_argument("--test-frac", type=float, default=0.3, help="share of images in test.jsonl (split by patient)")
+    b = sub.add_parser("build", help="build a MedAD-style set from a manifest of labelled images",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--manifest", required=True, help="CSV with a header, or JSONL, with the fields "
+                   "image, mask, source, modality, anatomy, anomaly, pathology, patient (paths relative to it)")
+    b.add_argument("--out", required=True, help="output folder: train.jsonl, test.jsonl, images/, masks/, summary.json")
+    b.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    b.add_argument("--test-frac", type=float, default=0.3, help="share of images in test.jsonl (split by patient)")
+    b.add_argument("--vocab", help="JSON {field: [values]} adding distractor values for anatomy, modality, pathology")
     c = sub.add_parser("check", help="validate JSONL files and print their task counts")
     c.add_argument("files", nargs="+", help="JSONL files")
     args = parser.parse_args()
     if args.command == "synth":
         summary = synth(args.out, args.n_images, args.seed, args.size, args.test_frac)
         print(f"wrote {args.out}: {summary['images']} images, {summary['train']} train and {summary['test']} test questions")
+    elif args.command == "build":
+        summary = build(args.manifest, args.out, args.seed, args.test_frac, json.load(open(args.vocab)) if args.vocab else None)
+        print(json.dumps(summary, indent=2))
     else:
         for path in args.files:
             records = load_jsonl(path)

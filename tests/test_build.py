@@ -1,0 +1,122 @@
+import csv
+import filecmp
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+
+HEADER = ["image", "mask", "source", "modality", "anatomy", "anomaly", "pathology", "patient"]
+
+
+@pytest.fixture(scope="module")
+def manifest(synth_dir):
+    """The synthetic images and masks written as a manifest, beside them."""
+    records = data.load_jsonl(os.path.join(synth_dir, "train.jsonl")) + data.load_jsonl(os.path.join(synth_dir, "test.jsonl"))
+    by_image = {}
+    for r in records:
+        by_image.setdefault(r["image"], {})[r["task"]] = r
+    path = os.path.join(synth_dir, "labels.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        for image, tasks in by_image.items():
+            r = tasks["anatomy"]
+            pathology = tasks.get("pathology")
+            w.writerow([image, r.get("mask", ""), r["source"], r["modality"], r["anatomy"],
+                        "yes" if "mask" in r else "no",
+                        pathology["options"]["ABCD".index(pathology["answer"])] if pathology else "", r["patient"]])
+    return path, by_image
+
+
+def truth(record):
+    return record["options"]["ABCD".index(record["answer"])]
+
+
+def test_rebuilt_localization_equals_the_synthetic_truth(manifest, tmp_path):
+    path, by_image = manifest
+    summary = data.build(path, str(tmp_path), seed=0)
+    train = data.load_jsonl(str(tmp_path / "train.jsonl"))
+    test = data.load_jsonl(str(tmp_path / "test.jsonl"))
+    built = train + test
+    locs = [r for r in built if r["task"] == "localization"]
+    assert locs and len(locs) == sum("localization" in t for t in by_image.values())
+    for r in locs:
+        original = "images/" + r["image"].split("-", 1)[1]
+        assert truth(r) == truth(by_image[original]["localization"])
+    assert not {r["patient"] for r in train} & {r["patient"] for r in test}
+    assert summary["questions_per_task"]["anatomy"] == len(by_image)
+    for r in built:  # distractors never equal the answer; 4 distinct options
+        assert len(set(r["options"])) == 4 and r["options"].count(truth(r)) == 1
+
+
+def test_a_fixed_seed_gives_byte_identical_output(manifest, tmp_path):
+    path, _ = manifest
+    data.build(path, str(tmp_path / "a"), seed=5)
+    data.build(path, str(tmp_path / "b"), seed=5)
+    for name in ("train.jsonl", "test.jsonl", "summary.json"):
+        assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False)
+
+
+def write_manifest(tmp_path, rows, vocab_rows=True):
+    """A manifest of small images; four clean rows give each field its four values."""
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(tmp_path / "img.png")
+    Image.fromarray((np.arange(40 * 60).reshape(40, 60) * 20).astype(np.uint16)).save(tmp_path / "img16.png")
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(tmp_path / "empty.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "small.png")
+    lesion = np.zeros((40, 60), np.uint8)
+    lesion[2:6, 2:6] = 255  # small, first in scan order, left upper
+    lesion[25:38, 40:58] = 255  # largest: right lower
+    Image.fromarray(lesion).save(tmp_path / "lesion.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    clean = [dict(image="img.png", source="s", modality=m, anatomy=a, anomaly="no") for m, a in
+             [("MRI", "Brain"), ("CT", "Liver"), ("X-ray", "Chest"), ("Ultrasound", "Breast")]] if vocab_rows else []
+    path = tmp_path / "m.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HEADER)
+        w.writeheader()
+        for row in clean + rows:
+            w.writerow(row)
+    return str(path), 2 + len(clean)  # the csv line of the first extra row
+
+
+def test_largest_component_not_the_first_decides_the_region(tmp_path):
+    path, _ = write_manifest(tmp_path, [dict(image="img16.png", mask="lesion.png", source="s", modality="MRI",
+                                             anatomy="Brain", anomaly="yes", pathology="Tumor", patient="p")])
+    data.build(path, str(tmp_path / "out"), seed=0, test_frac=0.0,
+               vocab={"pathology": ["Tumor", "Cyst", "Edema", "Infarct"]})
+    records = data.load_jsonl(str(tmp_path / "out" / "train.jsonl"))
+    loc = next(r for r in records if r["task"] == "localization")
+    assert truth(loc) == "Right Lower"
+    image = Image.open(tmp_path / "out" / loc["image"])
+    assert image.mode == "RGB" and image.size == (60, 40)  # 16-bit windowed to 8-bit RGB
+    assert np.asarray(image).max() == 255 and np.asarray(image).min() == 0
+    assert Image.open(tmp_path / "img16.png").mode.startswith("I")  # the original untouched
+
+
+@pytest.mark.parametrize("row, field, words", [
+    (dict(image="missing.png", source="s", modality="MRI", anatomy="Brain", anomaly="no"), "image", "file not found"),
+    (dict(image="broken.png", source="s", modality="MRI", anatomy="Brain", anomaly="no"), "image", "not a readable"),
+    (dict(image="img.png", mask="small.png", source="s", modality="MRI", anatomy="Brain", anomaly="yes"), "mask",
+     "differs from the image"),
+    (dict(image="img.png", mask="empty.png", source="s", modality="MRI", anatomy="Brain", anomaly="yes"), "mask",
+     "empty lesion mask"),
+    (dict(image="img.png", source="s", modality="MRI", anatomy="Brain", anomaly="maybe"), "anomaly", "unknown value"),
+    (dict(image="img.png", source="s", modality="", anatomy="Brain", anomaly="no"), "modality", "missing"),
+])
+def test_each_bad_row_names_manifest_line_and_field_and_nothing_is_written(tmp_path, row, field, words):
+    path, line = write_manifest(tmp_path, [row])
+    with pytest.raises(ValueError) as e:
+        data.build(path, str(tmp_path / "out"))
+    assert f"{path}:{line}: {field}: " in str(e.value) and words in str(e.value)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_too_few_values_for_four_options_is_an_error(tmp_path):
+    path, _ = write_manifest(tmp_path, [dict(image="img.png", source="s", modality="MRI", anatomy="Brain",
+                                             anomaly="no")], vocab_rows=False)
+    with pytest.raises(ValueError, match="anatomy: only 1 distinct values"):
+        data.build(path, str(tmp_path / "out"))
