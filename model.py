@@ -379,6 +379,14 @@ def build_tiny(out: str, *, seed: int = 0, corpus=(), vocab_size: int = 1024, hi
     return out
 
 
+def peak_memory_gb() -> float:
+    """Peak GPU memory allocated by torch, or this process's peak resident memory on CPU, in GiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -263,8 +263,8 @@ def main(argv=None):
                  "zero_adv_groups": (groups.max(1).values == groups.min(1).values).float().mean().item(), **stats}
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
         row.update({k: M.all_reduce_sum(v, world) / world for k, v in local.items()})
-        row.update({"lr": scheduler.get_last_lr()[0], "t_sample": t1 - t0,
-                    "t_judge": t2 - t1, "t_loss": t3 - t2})
+        row.update({"lr": scheduler.get_last_lr()[0], "t_sample": t1 - t0, "t_judge": t2 - t1, "t_loss": t3 - t2,
+                    "peak_mem_gb": M.peak_memory_gb()})
         if rank == 0:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()

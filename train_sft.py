@@ -156,7 +156,8 @@ def main(argv=None):
         loss_sum = M.all_reduce_sum(loss_sum, world)
         seconds = time.time() - t0
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
-               "grad_norm": grad_norm, "tokens_per_s": n_tokens / seconds, "seconds": seconds}
+               "grad_norm": grad_norm, "tokens_per_s": n_tokens / seconds, "seconds": seconds,
+               "peak_mem_gb": M.peak_memory_gb()}
         if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps) and rank == 0:
             row.update(evaluate_sft(policy, processor, eval_records, args.micro_batch, args.max_new_tokens))
         if rank == 0:
