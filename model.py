@@ -326,7 +326,7 @@ def train_tokenizer(corpus, vocab_size: int = 1024):
 
 
 def tiny_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 64,
-                vision_layers: int = 1) -> Qwen2_5_VLConfig:
+                vision_layers: int = 1, rope_theta: float = 1e4) -> Qwen2_5_VLConfig:
     head_dim = hidden // heads
     half = head_dim // 2  # M-RoPE splits head_dim/2 frequencies over (time, height, width)
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
@@ -335,7 +335,7 @@ def tiny_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, vi
         text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                          max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                         rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope},
+                         rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope},
                          bos_token_id=ids("<|endoftext|>"), eos_token_id=ids(END_OF_TURN),
                          pad_token_id=ids("<|endoftext|>"), initializer_range=0.3),
         vision_config=dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
@@ -362,12 +362,12 @@ def corpus_lines(paths: list[str]):
 
 
 def build_tiny(out: str, *, seed: int = 0, corpus=(), vocab_size: int = 1024, hidden: int = 64, layers: int = 2,
-               image_px: int = 112) -> str:
+               heads: int = 4, rope_theta: float = 1e4, image_px: int = 112) -> str:
     """Write a randomly initialised tiny Qwen2.5-VL and its processor to `out`; loads like the hub model."""
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(["<think> </think> <answer> </answer> A B C D", *corpus], vocab_size)
     tokenizer.chat_template = CHAT_TEMPLATE
-    config = tiny_config(tokenizer, hidden=hidden, layers=layers)
+    config = tiny_config(tokenizer, hidden=hidden, layers=layers, heads=heads, rope_theta=rope_theta)
     model = Qwen2_5_VLForConditionalGeneration(config)
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id, pad_token_id=config.text_config.pad_token_id,
@@ -402,10 +402,13 @@ def main():
     tiny.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size before the special tokens")
     tiny.add_argument("--hidden", type=int, default=64, help="hidden size of the language model")
     tiny.add_argument("--layers", type=int, default=2, help="layers of the language model")
+    tiny.add_argument("--heads", type=int, default=4, help="attention heads of the language model")
+    tiny.add_argument("--rope-theta", type=float, default=1e4, help="rotary base; Qwen's 1e6 leaves a 16-dim head "
+                      "about two frequencies that resolve nearby positions")
     tiny.add_argument("--image-px", type=int, default=112, help="largest image side the processor keeps (pixels)")
     args = parser.parse_args()
     build_tiny(args.out, seed=args.seed, corpus=list(corpus_lines(args.corpus)), vocab_size=args.vocab_size,
-               hidden=args.hidden, layers=args.layers, image_px=args.image_px)
+               hidden=args.hidden, layers=args.layers, heads=args.heads, rope_theta=args.rope_theta, image_px=args.image_px)
     model, _ = load_model(args.out, device="cpu")
     print(f"wrote {args.out}: Qwen2.5-VL with {count_parameters(model):,} parameters")
 
