@@ -161,6 +161,37 @@ def completion_logprobs(model, prompt: dict, completion_ids: torch.Tensor, compl
     return torch.gather(logits, 2, completion_ids.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
 
 
+def group_logprobs(model, prompt: dict, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
+                   group_size: int) -> torch.Tensor:
+    """completion_logprobs for G completions per prompt (rows grouped as sample() returns them), running each
+    prompt, its image included, once: its KV cache is computed once and shared by the group's G completions."""
+    G, P = group_size, prompt["input_ids"].shape[1]
+    language_model = _inner(model).language_model
+    if language_model.gradient_checkpointing and language_model.training:  # no KV cache then: repeat the prompts
+        return completion_logprobs(model, repeat_prompts(prompt, G), completion_ids, completion_mask)
+    text = {k: v.repeat_interleave(G, 0) for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
+    full = completion_inputs(text, completion_ids, completion_mask)
+    # the M-RoPE positions of the whole sequences, as one forward over prompt + completion would use them
+    positions, _ = _inner(model).get_rope_index(full["input_ids"], mm_token_type_ids=full["mm_token_type_ids"],
+                                               image_grid_thw=prompt["image_grid_thw"].repeat_interleave(G, 0),
+                                               attention_mask=full["attention_mask"])
+    prefill = model(**prompt, position_ids=positions[:, ::G, :P], use_cache=True, logits_to_keep=1)
+    cache = prefill.cache
+    cache.batch_repeat_interleave(G)  # one prompt's keys and values for each of its G completions
+    first = prefill.logits.repeat_interleave(G, 0)  # predicts completion token 0
+    rest = model(input_ids=completion_ids[:, :-1], attention_mask=full["attention_mask"][:, :-1],
+                 position_ids=positions[:, :, P:-1], cache=cache, use_cache=True).logits
+    logits = torch.cat([first, rest], 1).float()
+    return torch.gather(logits, 2, completion_ids.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
+
+
+def _inner(model):
+    """The Qwen2_5_VLModel inside a (PEFT-wrapped) Qwen2_5_VLForConditionalGeneration."""
+    while not hasattr(model, "get_rope_index"):
+        model = model.model if hasattr(model, "model") else model.base_model
+    return model
+
+
 def repeat_prompts(prompt: dict, n: int) -> dict:
     """Repeat each prompt (and its image patches) n times in a row, matching generate's num_return_sequences."""
     out = {k: v.repeat_interleave(n, 0) for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
@@ -287,6 +318,17 @@ def all_reduce_sum(value: float | torch.Tensor, world: int):
     t = torch.as_tensor(value, dtype=torch.float64).clone()
     dist.all_reduce(t)
     return t if isinstance(value, torch.Tensor) else t.item()
+
+
+def all_reduce_grads(params, world: int):
+    """Sum gradients over ranks (each rank's loss is already divided by the global count)."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+    for p in params:
+        if p.grad is None:  # unused on this rank (e.g. no image): every rank must join every all-reduce
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
 
 
 def lr_schedule(optimizer, total_steps: int, warmup_ratio: float, decay: str = "cosine"):

@@ -71,7 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=512, help="completion length limit (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s)")
-    p.add_argument("--micro-batch", type=int, default=8, help="completions per forward in the loss (default: 8)")
+    p.add_argument("--micro-batch", type=int, default=8, help="completions per forward in the loss, rounded to whole "
+                   "groups (default: 8)")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (default: %(default)s)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     p.add_argument("--log-samples-every", type=int, default=10, help="write completions to samples.jsonl every N "
@@ -128,18 +129,14 @@ def grpo_loss(logps, ref_logps, advantages, mask, *, epsilon: float = 0.2, beta:
 
 # ---- the pieces of a step ----
 
-def reference_logprobs(policy, reference, prompt, ids, mask):
+def reference_logprobs(policy, reference, prompt, ids, mask, group_size):
     """log π_SFT of the completions: the frozen copy, or the policy with its LoRA disabled."""
     with torch.no_grad(), (policy.disable_adapter() if reference is None else nullcontext()):
-        return M.completion_logprobs(policy if reference is None else reference, prompt, ids, mask)
-
-
-def micro_batches(n: int, size: int):
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+        return M.group_logprobs(policy if reference is None else reference, prompt, ids, mask, group_size)
 
 
 def take(prompt: dict, rows: slice) -> dict:
-    """Rows of a repeated prompt batch, with their image patches."""
+    """Rows of a prompt batch, with their image patches."""
     out = {k: v[rows] for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
     if "pixel_values" in prompt:
         counts = prompt["image_grid_thw"].prod(1)
@@ -149,31 +146,33 @@ def take(prompt: dict, rows: slice) -> dict:
     return out
 
 
-def policy_step(ddp, reference, optimizer, scheduler, params, prompts, ids, mask, advantages, args, world):
-    """μ optimizer steps on one batch of samples, accumulated over micro-batches; returns mean KL, clip fraction
-    and the last grad norm. The loss is normalised by the global number of completions (tokens with
-    --loss-agg token), so N ranks with the same global batch take the same step as one process."""
-    policy = ddp.module if world > 1 else ddp
-    chunks = micro_batches(len(ids), args.micro_batch)
-    ref = [reference_logprobs(policy, reference, take(prompts, c), ids[c], mask[c]) for c in chunks]
+def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args, world):
+    """μ optimizer steps on one batch of samples, accumulated over micro-batches of whole groups; returns mean KL,
+    clip fraction and the last grad norm. Each prompt runs once per micro-batch and its KV cache serves its G
+    completions (model.group_logprobs). The loss is divided by the global number of completions (tokens with
+    --loss-agg token) and gradients are summed over ranks: N ranks take the step one process would."""
+    G = args.group_size
+    per_chunk = max(1, args.micro_batch // G)  # prompts per micro-batch
+    chunks = [(slice(i, i + per_chunk), slice(i * G, (i + per_chunk) * G)) for i in range(0, len(prompt["input_ids"]), per_chunk)]
+    ref = [reference_logprobs(policy, reference, take(prompt, p), ids[c], mask[c], G) for p, c in chunks]
     old = [None] * len(chunks)
-    count = (lambda c: float(mask[c].sum())) if args.loss_agg == "token" else (lambda c: float(c.stop - c.start))
-    total = M.all_reduce_sum(sum(count(c) for c in chunks), world)
+    count = (lambda c: float(mask[c].sum())) if args.loss_agg == "token" else (lambda c: float(len(ids[c])))
+    total = M.all_reduce_sum(sum(count(c) for _, c in chunks), world)
     stats = {"kl": 0.0, "clip_frac": 0.0}
     for _ in range(args.iterations):
-        for i, c in enumerate(chunks):
-            with ddp.no_sync() if world > 1 and i < len(chunks) - 1 else nullcontext():
-                logps = M.completion_logprobs(ddp, take(prompts, c), ids[c], mask[c])
-                if args.ratio_ref == "old" and old[i] is None:
-                    old[i] = logps.detach()  # the first pass is π_old, the sampling policy; kept for μ > 1
-                loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
-                                    old_logps=old[i], agg=args.loss_agg)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss is {loss.item()}: stopping before the update. The last good "
-                                             f"checkpoint is {M.latest_checkpoint(args.out)}; try a lower --lr")
-                (loss * count(c) / total * world).backward()  # × world: DDP averages gradients over ranks
+        for i, (p, c) in enumerate(chunks):
+            logps = M.group_logprobs(policy, take(prompt, p), ids[c], mask[c], G)
+            if args.ratio_ref == "old" and old[i] is None:
+                old[i] = logps.detach()  # the first pass is π_old, the sampling policy; kept for μ > 1
+            loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
+                                old_logps=old[i], agg=args.loss_agg)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss is {loss.item()}: stopping before the update. The last good "
+                                         f"checkpoint is {M.latest_checkpoint(args.out)}; try a lower --lr")
+            (loss * count(c) / total).backward()
             for k in ("kl", "clip_frac"):
-                stats[k] += s[k] * (c.stop - c.start) / len(ids) / args.iterations
+                stats[k] += s[k] * len(ids[c]) / len(ids) / args.iterations
+        M.all_reduce_grads(params, world)
         stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
         optimizer.step()
         scheduler.step()
@@ -217,7 +216,6 @@ def main(argv=None):
     step = 0
     if args.resume and M.latest_checkpoint(args.out):
         step = M.load_checkpoint(M.latest_checkpoint(args.out), policy, optimizer, scheduler)["step"]
-    ddp = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=True) if world > 1 else policy
     weights = dict(lambda_fmt=args.lambda_fmt, lambda_acc=args.lambda_acc, lambda_con=args.lambda_con)
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
@@ -250,8 +248,7 @@ def main(argv=None):
 
         # ---- loss (Eq. 8) and optimizer steps ----
         policy.train()
-        stats = policy_step(ddp, reference, optimizer, scheduler, params, M.repeat_prompts(prompt, G), ids, mask,
-                            advantages, args, world)
+        stats = policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args, world)
         step += 1
         t3 = time.time()
 
@@ -290,7 +287,6 @@ def main(argv=None):
         M.save_processor(processor, args.out)
         print(f"wrote {args.out}")
     if world > 1:
-        del ddp  # its reducer must go before the process group, or the exit hangs
         torch.distributed.destroy_process_group()
     return policy
 

@@ -120,7 +120,6 @@ def main(argv=None):
         step = M.load_checkpoint(M.latest_checkpoint(args.out), policy, optimizer, scheduler)["step"]
         if rank == 0:
             print(f"resumed from {M.latest_checkpoint(args.out)} at step {step}")
-    ddp = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=True) if world > 1 else policy
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if base.dtype == torch.bfloat16 else nullcontext()
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
@@ -140,14 +139,13 @@ def main(argv=None):
         inputs = [(data.prompt_batch(processor, c), *data.target_batch(processor.tokenizer, c)) for c in chunks]
         n_tokens = M.all_reduce_sum(float(sum(mask.sum() for _, _, mask in inputs)), world)
         t0, loss_sum = time.time(), 0.0
-        for i, (prompt, ids, mask) in enumerate(inputs):
+        for prompt, ids, mask in inputs:
             prompt = {k: v.to(device) for k, v in prompt.items()}
-            sync = ddp.no_sync() if world > 1 and i < len(inputs) - 1 else nullcontext()
-            with sync, amp:
-                # DDP averages gradients over ranks; × world makes it the global token mean
-                loss = sft_loss(ddp, prompt, ids.to(device), mask.to(device), n_tokens) * world
-                loss.backward()
-            loss_sum += loss.item() / world
+            with amp:
+                loss = sft_loss(policy, prompt, ids.to(device), mask.to(device), n_tokens)
+            loss.backward()
+            loss_sum += loss.item()
+        M.all_reduce_grads(params, world)  # each rank's loss is divided by the global token count: sum them
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
         optimizer.step()
         scheduler.step()
@@ -182,7 +180,6 @@ def main(argv=None):
             M.save_processor(processor, os.path.join(args.out, "merged"))
         print(f"wrote {args.out}")
     if world > 1:
-        del ddp  # its reducer must go before the process group, or the exit hangs
         torch.distributed.destroy_process_group()
     return policy
 

@@ -1,9 +1,7 @@
 """Shared set-up of the benchmarks: the tiny model and synthetic prompts, built offline in a temporary folder."""
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,15 +19,3 @@ def tiny_setup(n_images=40, hidden=64, layers=2, image_px=112, seed=0):
                  layers=layers, image_px=image_px)
     policy, processor = M.load_model(os.path.join(folder, "tiny"), device="cpu")
     return policy, processor, data.load_jsonl(train), folder
-
-
-def timed(fn, repeats=5, warmup=1):
-    """Median seconds of fn() over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)

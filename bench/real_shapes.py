@@ -148,7 +148,7 @@ def main():
             rewards = torch.rand(n, device=device)
             adv = train_grpo.group_advantages(rewards, args.group_size)
             policy.train()
-            train_grpo.policy_step(policy, reference, opt, sched, params, M.repeat_prompts(prompt, args.group_size),
+            train_grpo.policy_step(policy, reference, opt, sched, params, prompt,
                                    rollout["completion_ids"], rollout["completion_mask"], adv, grpo_args, 1)
         grpo_step()  # warm-up
         figures[f"grpo_{mode}_step_s"], figures[f"grpo_{mode}_peak_gb"] = measure(grpo_step)

@@ -5,9 +5,11 @@
 Prints the median seconds of each and their ratio; the last line is `name=value` figures.
 """
 import argparse
+import statistics
+import time
 
 import torch
-from common import M, data, timed, tiny_setup
+from common import M, data, tiny_setup
 
 p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 p.add_argument("--prompts", type=int, default=8, help="prompts per batch (default: %(default)s)")
@@ -35,7 +37,14 @@ def ours():
 
 
 torch.manual_seed(0)
-t_bare, t_ours = timed(bare, args.repeats), timed(ours, args.repeats)
+bare(), ours()  # warm-up
+times = {"bare": [], "ours": []}
+for _ in range(args.repeats):  # interleaved, so that drifts of the machine hit both alike
+    for name, fn in (("bare", bare), ("ours", ours)):
+        t = time.perf_counter()
+        fn()
+        times[name].append(time.perf_counter() - t)
+t_bare, t_ours = statistics.median(times["bare"]), statistics.median(times["ours"])
 print(f"{args.prompts} prompts x G={args.group_size} x {args.max_new_tokens} new tokens, tiny model "
       f"({M.count_parameters(policy):,} parameters), {torch.get_num_threads()} threads")
 print(f"bare generate: {t_bare:.3f} s   model.sample: {t_ours:.3f} s   ratio {t_ours / t_bare:.3f}")

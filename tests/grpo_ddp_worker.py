@@ -12,19 +12,16 @@ rank, world, device = M.init_distributed()
 policy, _ = M.load_model(ckpt, device="cpu")
 policy.requires_grad_(True)
 roll = torch.load(rollouts_path, weights_only=True)
-n = len(roll["ids"]) // world
-rows = slice(rank * n, (rank + 1) * n)
-args = train_grpo.parse_args(["--data", "-", "--micro-batch", "3", "--lr", "1e-3", "--loss-agg", loss_agg,
+n = len(roll["prompts"]["input_ids"]) // world  # prompts per rank, each with its G completions
+prompts, rows = train_grpo.take(roll["prompts"], slice(rank * n, (rank + 1) * n)), slice(rank * n * 4, (rank + 1) * n * 4)
+args = train_grpo.parse_args(["--data", "-", "--micro-batch", "4", "--group-size", "4", "--lr", "1e-3", "--loss-agg", loss_agg,
                               "--iterations", "2", "--ratio-ref", "old", "--beta", "0.1"])
 params = [p for p in policy.parameters() if p.requires_grad]
 optimizer = torch.optim.SGD(params, lr=args.lr)  # plain SGD: compares gradients, not Adam's g/sqrt(v) of float noise
 scheduler = M.lr_schedule(optimizer, 10, 0.0, decay="constant")
-ddp = torch.nn.parallel.DistributedDataParallel(policy, find_unused_parameters=True) if world > 1 else policy
-prompts = train_grpo.take(roll["prompts"], rows)
-train_grpo.policy_step(ddp, policy, optimizer, scheduler, params, prompts, roll["ids"][rows], roll["mask"][rows],
+train_grpo.policy_step(policy, policy, optimizer, scheduler, params, prompts, roll["ids"][rows], roll["mask"][rows],
                        roll["advantages"][rows], args, world)
 if rank == 0:
     save_file(M.trainable_state(policy), out)
 if world > 1:
-    del ddp
     torch.distributed.destroy_process_group()

@@ -132,7 +132,8 @@ def test_lora_reference_equals_the_policy_before_training(sft_out, records):
     for name, p in policy.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p)  # as if trained
-    assert torch.equal(train_grpo.reference_logprobs(policy, None, prompt, ids, mask), expected)
+    torch.testing.assert_close(train_grpo.reference_logprobs(policy, None, prompt, ids, mask, 1), expected,
+                               atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         assert not torch.equal(model.completion_logprobs(policy, prompt, ids, mask), expected)
 
@@ -174,7 +175,7 @@ def test_two_gloo_processes_take_the_same_step_as_one(sft_out, records, tmp_path
     policy, processor = model.load_model(sft_out, device="cpu")
     prompt = data.prompt_batch(processor, records[:2])
     rollout = model.sample(policy, processor, prompt, group_size=4, max_new_tokens=12, seed=0)
-    torch.save({"prompts": model.repeat_prompts(prompt, 4), "ids": rollout["completion_ids"],
+    torch.save({"prompts": prompt, "ids": rollout["completion_ids"],
                 "mask": rollout["completion_mask"], "advantages": torch.tensor([1.0, -1, 0.5, -0.5, 0.2, 0.3, -0.9, 0.4])},
                tmp_path / "rollouts.pt")
     worker = os.path.join(ROOT, "tests", "grpo_ddp_worker.py")

@@ -101,3 +101,25 @@ def test_repeat_prompts_repeats_rows_and_image_patches(tiny, records):
     n0 = int(batch["image_grid_thw"][0].prod())
     assert torch.equal(rep["pixel_values"][2 * n0:3 * n0], batch["pixel_values"][:n0])
     assert torch.equal(rep["pixel_values"][3 * n0:4 * n0], batch["pixel_values"][n0:2 * n0])
+
+
+def test_group_logprobs_share_the_prompt_and_equal_the_repeated_path(tiny, records):
+    m, processor = tiny
+    prompt = data.prompt_batch(processor, records[:3])
+    rollout = model.sample(m, processor, prompt, group_size=4, max_new_tokens=16, seed=1)
+    ids, mask = rollout["completion_ids"], rollout["completion_mask"]
+    m.requires_grad_(True)
+    params = list(m.parameters())
+    results = []
+    for fn in (lambda: model.completion_logprobs(m, model.repeat_prompts(prompt, 4), ids, mask),
+               lambda: model.group_logprobs(m, prompt, ids, mask, 4)):
+        lp = fn()
+        grads = torch.autograd.grad((lp * mask).sum(), params, allow_unused=True)
+        results.append((lp.detach(), torch.cat([g.flatten() for g in grads if g is not None])))
+    (lp_a, g_a), (lp_b, g_b) = results
+    torch.testing.assert_close(lp_a[mask.bool()], lp_b[mask.bool()], atol=1e-5, rtol=1e-5)
+    assert ((g_a - g_b).norm() / g_a.norm()).item() < 1e-5
+    m.gradient_checkpointing_enable()
+    m.train()  # checkpointing turns the KV cache off in training: the repeated path is taken
+    torch.testing.assert_close(model.group_logprobs(m, prompt, ids, mask, 4).detach()[mask.bool()],
+                               lp_a[mask.bool()], atol=1e-5, rtol=1e-5)
