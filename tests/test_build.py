@@ -120,3 +120,20 @@ def test_too_few_values_for_four_options_is_an_error(tmp_path):
                                              anomaly="no")], vocab_rows=False)
     with pytest.raises(ValueError, match="anatomy: only 1 distinct values"):
         data.build(path, str(tmp_path / "out"))
+
+
+def test_cot_model_writes_cots_and_keeps_only_those_the_judge_follows(manifest, tiny_dir, tmp_path):
+    import model
+    import rewards
+    path, _ = manifest
+    templated = data.build(path, str(tmp_path / "t"), seed=0)
+    summary = data.build(path, str(tmp_path / "m"), seed=0, cot_model=tiny_dir)
+    assert summary["questions_before_cot_check"] == templated["train"] + templated["test"]
+    kept = data.load_jsonl(str(tmp_path / "m" / "train.jsonl")) + data.load_jsonl(str(tmp_path / "m" / "test.jsonl"))
+    assert summary["cot_keep_rate"] == pytest.approx(len(kept) / summary["questions_before_cot_check"])
+    assert 0 < len(kept) < summary["questions_before_cot_check"]  # a random model's CoTs: some pass, some do not
+    policy, processor = model.load_model(tiny_dir, device="cpu")
+    letters = rewards.Judge(policy, processor.tokenizer)([r["question"] for r in kept], [r["options"] for r in kept],
+                                                         [r["cot"] for r in kept])
+    assert letters == [r["answer"] for r in kept]
+    assert not any(r["cot"].startswith("The image shows") for r in kept if r["task"] == "anatomy")  # not the template
