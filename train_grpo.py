@@ -17,6 +17,9 @@ Choices where the paper is silent or ambiguous, each with the flag that changes 
 - Without --lora the policy is fully fine-tuned (the paper) and π_SFT is a frozen copy; with --lora a LoRA is
   trained on top of π_SFT and π_SFT is the same weights with the adapter disabled (no second copy).
 - --judge self reuses π_SFT's weights as the judge, text-only. The lr is constant after an optional warm-up.
+- Speed without changing the math: in the loss each prompt (its image included) runs once and its KV cache serves
+  its G completions (model.group_logprobs), for π_θ and π_SFT alike; with torchrun each rank takes whole groups
+  and gradients are summed over ranks before each step.
 - The log-probs are those of π_θ itself (temperature 1); sampling at another --temperature is then off-policy.
 
     python train_grpo.py --ckpt sft_out --data train.jsonl --out grpo_out
