@@ -17,6 +17,8 @@ Choices where the paper is silent or ambiguous, each with the flag that changes 
 - Without --lora the policy is fully fine-tuned (the paper) and π_SFT is a frozen copy; with --lora a LoRA is
   trained on top of π_SFT and π_SFT is the same weights with the adapter disabled (no second copy).
 - --judge self reuses π_SFT's weights as the judge, text-only. The lr is constant after an optional warm-up.
+- bf16 as the paper says, as autocast: a fully fine-tuned policy keeps fp32 weights, since a bf16 weight cannot
+  take the updates that lr 1e-6 makes.
 - Speed without changing the math: in the loss each prompt (its image included) runs once and its KV cache serves
   its G completions (model.group_logprobs), for π_θ and π_SFT alike; with torchrun each rank takes whole groups
   and gradients are summed over ranks before each step.
@@ -193,7 +195,11 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     # ---- models: π_θ, π_SFT, the judge ----
-    sft, processor = M.load_model(args.ckpt, device=device, trust_remote_code=args.trust_remote_code)
+    # bf16 compute where supported, but fp32 weights for a fully fine-tuned policy: a bf16 weight of ~1e-2 cannot
+    # take an update of ~1e-6 (its resolution there is ~4e-5), so lr 1e-6 would change nothing
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if M.default_dtype(device) == torch.bfloat16 else nullcontext()
+    sft, processor = M.load_model(args.ckpt, device=device, dtype=None if args.lora else torch.float32,
+                                  trust_remote_code=args.trust_remote_code)
     if args.lora:
         policy, reference = M.add_lora(sft, args.lora_r, args.lora_alpha, 0.0, args.lora_targets, args.train_vision), None
     else:
@@ -205,7 +211,7 @@ def main(argv=None):
         judge = rewards.Judge(policy if reference is None else reference, processor.tokenizer, max_thought_tokens=args.judge_max_tokens,
                               disable_adapter=args.lora)
     else:
-        judge = rewards.load_judge(args.judge, device=device, dtype=sft.dtype, max_thought_tokens=args.judge_max_tokens,
+        judge = rewards.load_judge(args.judge, device=device, dtype=M.default_dtype(device), max_thought_tokens=args.judge_max_tokens,
                                    trust_remote_code=args.trust_remote_code)
     if args.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
@@ -235,23 +241,24 @@ def main(argv=None):
         batch = order[(step % steps_per_epoch) * P:(step % steps_per_epoch + 1) * P].tolist()
         mine = [records[i] for i in batch[rank::world]]  # each rank samples whole groups for its prompts
 
-        # ---- sample G completions per prompt from π_θ ----
-        t0 = time.time()
-        policy.eval()
-        prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, mine).items()}
-        rollout = M.sample(policy, processor, prompt, group_size=G, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_p=args.top_p, seed=args.seed * 1_000_003 + step * world + rank)
-        ids, mask, texts = rollout["completion_ids"], rollout["completion_mask"], rollout["texts"]
-        t1 = time.time()
+        with amp:  # bf16 compute on GPUs that support it
+            # ---- sample G completions per prompt from π_θ ----
+            t0 = time.time()
+            policy.eval()
+            prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, mine).items()}
+            rollout = M.sample(policy, processor, prompt, group_size=G, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, top_p=args.top_p, seed=args.seed * 1_000_003 + step * world + rank)
+            ids, mask, texts = rollout["completion_ids"], rollout["completion_mask"], rollout["texts"]
+            t1 = time.time()
 
-        # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
-        scores = rewards.score(texts, [r for r in mine for _ in range(G)], judge, **weights)
-        advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)
-        t2 = time.time()
+            # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
+            scores = rewards.score(texts, [r for r in mine for _ in range(G)], judge, **weights)
+            advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)
+            t2 = time.time()
 
-        # ---- loss (Eq. 8) and optimizer steps ----
-        policy.train()
-        stats = policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args, world)
+            # ---- loss (Eq. 8) and optimizer steps ----
+            policy.train()
+            stats = policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args, world)
         step += 1
         t3 = time.time()
 
@@ -285,7 +292,7 @@ def main(argv=None):
 
     # ---- output: π_θ as a full model (a GRPO LoRA is merged into π_SFT), loadable like any model ----
     if rank == 0 and step == total_steps:
-        final = policy.merge_and_unload() if args.lora else policy
+        final = policy.merge_and_unload() if args.lora else policy.to(M.default_dtype(device))  # bf16 on GPUs
         final.save_pretrained(args.out)
         M.save_processor(processor, args.out)
         print(f"wrote {args.out}")
