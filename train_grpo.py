@@ -24,6 +24,7 @@ Choices where the paper is silent or ambiguous, each with the flag that changes 
   and gradients are summed over ranks before each step.
 - The log-probs are those of π_θ itself (temperature 1); sampling at another --temperature is then off-policy.
 
+    python train_grpo.py --ckpt sft_out                 # the SFT run's training data, recorded in sft_out/args.json
     python train_grpo.py --ckpt sft_out --data train.jsonl --out grpo_out
     torchrun --nproc_per_node 8 train_grpo.py --ckpt sft_out --data train.jsonl --out grpo_out
 """
@@ -46,7 +47,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="sft_out", help="start policy π_SFT: an SFT output folder, any model folder, "
                    "or a hub id (the base model gives Table 2's RL-only row) (default: %(default)s)")
-    p.add_argument("--data", required=True, help="training JSONL (design.md schema)")
+    p.add_argument("--data", help="training JSONL (design.md schema); default: the one the SFT run in --ckpt used "
+                   "(its args.json)")
     p.add_argument("--out", default="grpo_out", help="output folder (default: %(default)s)")
     p.add_argument("--group-size", type=int, default=8, help="G completions per prompt (paper: 8)")
     p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step; x G = global batch (paper: 64)")
@@ -185,9 +187,18 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
     return stats
 
 
+def sft_data(ckpt: str) -> str:
+    """The training JSONL recorded by the SFT run that wrote `ckpt`, so that `--ckpt sft_out` alone is enough."""
+    recorded = os.path.join(ckpt, "args.json")
+    if os.path.isfile(recorded) and json.load(open(recorded)).get("data"):
+        return json.load(open(recorded))["data"]
+    raise SystemExit(f"train_grpo.py: --data is needed: {recorded} does not name the SFT run's training data")
+
+
 def main(argv=None):
     args = parse_args(argv)
     rank, world, device = M.init_distributed()
+    args.data = args.data or sft_data(args.ckpt)
     records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
     G, P = args.group_size, args.prompts_per_step
     if P % world:

@@ -92,6 +92,7 @@ def evaluate_sft(policy, processor, records, micro_batch: int, max_new_tokens: i
 
 def main(argv=None):
     args = parse_args(argv)
+    args.data = os.path.abspath(args.data)  # recorded in args.json: train_grpo.py --ckpt OUT finds it there
     rank, world, device = M.init_distributed()
     records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
     if any("cot" not in r for r in records):

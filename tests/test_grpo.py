@@ -191,3 +191,9 @@ def test_two_gloo_processes_take_the_same_step_as_one(sft_out, records, tmp_path
     assert any(not torch.equal(a[k], before[k]) for k in a)  # the step moved the weights
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+
+
+def test_ckpt_alone_takes_the_sft_runs_data(sft_out, synth_dir):
+    assert train_grpo.sft_data(sft_out) == os.path.join(synth_dir, "train.jsonl")
+    with pytest.raises(SystemExit, match="--data is needed"):
+        train_grpo.sft_data(synth_dir)
