@@ -14,7 +14,7 @@ import os
 import re
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
+from transformers import (AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
                           GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
                           Qwen2_5_VLProcessor)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -100,19 +100,17 @@ def adapter_base(path: str) -> str | None:
 
 
 def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | None = None, merge: bool = True,
-               trust_remote_code: bool = False, vision: bool = True):
+               trust_remote_code: bool = False):
     """Load (model, processor) from a hub id, a model folder, or a PEFT adapter folder (base + adapter).
 
     An adapter is merged into the base weights unless `merge=False` (then a PeftModel is returned).
-    `vision=False` loads a text-only causal LM (a judge that is not a vision-language model).
     """
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     path = os.path.abspath(path) if os.path.isdir(path) else path  # adapters record where their base lives
     base = adapter_base(path) or path
-    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise OSError(f"cannot load the model {base!r}{' (named by ' + path + '/adapter_config.json)' if base != path else ''}:"
                       f" give a local folder or a hub id that is cached (HF_HUB_OFFLINE=1 needs it cached). {e}") from e
@@ -122,8 +120,7 @@ def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | Non
         if merge:
             model = model.merge_and_unload()
     has_processor = glob.glob(os.path.join(path, "tokenizer*")) if os.path.isdir(path) else True
-    processor = load_processor(path if has_processor else base, trust_remote_code) if vision else \
-        AutoTokenizer.from_pretrained(path if has_processor else base, padding_side="left")
+    processor = load_processor(path if has_processor else base, trust_remote_code)
     return model.to(device).eval(), processor
 
 
