@@ -226,15 +226,20 @@ REGION_WORDS = {"Left Upper": "upper left part", "Right Upper": "upper right par
                 "Left Lower": "lower left part", "Right Lower": "lower right part", "Center Region": "central part"}
 
 
-def make_question(task, answer, choices, rng, deck):
+def make_question(task, answer, choices, rng, deck, shuffle: bool = True):
     """Four options holding `answer` and three distractors from `choices`; the answer's letter drawn from a
-    shuffled deck so that each letter is right a quarter of the time."""
+    shuffled deck so that each letter is right a quarter of the time. With shuffle=False the four keep the order
+    of `choices` (an easier letter mapping; with five values the letters are still balanced)."""
     distractors = [c for c in choices if c != answer]
     picked = [distractors[i] for i in rng.permutation(len(distractors))[:3]]
-    if not deck:
-        deck.extend(rng.permutation(4).tolist())
-    position = deck.pop()
-    options = picked[:position] + [answer] + picked[position:]
+    if shuffle:
+        if not deck:
+            deck.extend(rng.permutation(4).tolist())
+        position = deck.pop()
+        options = picked[:position] + [answer] + picked[position:]
+    else:
+        options = sorted(picked + [answer], key=choices.index)
+        position = options.index(answer)
     return {"task": task, "question": QUESTIONS[task][int(rng.integers(10))], "options": options,
             "answer": LETTERS[position]}
 
@@ -253,7 +258,7 @@ def cot_for(task: str, facts: dict, answer: str, cues: dict) -> str:
     return f"{seen}. So the answer is {answer}."
 
 
-def questions_for(facts: dict, vocab: dict, rng, decks: dict, cues: dict) -> list[dict]:
+def questions_for(facts: dict, vocab: dict, rng, decks: dict, cues: dict, shuffle: bool = True) -> list[dict]:
     """The five VQA tasks of one image: anatomy, modality and anomaly always; pathology and localization
     when it has a lesion. `vocab` holds each field's values, from which distractors are drawn."""
     answers = {"anatomy": facts["anatomy"], "modality": facts["modality"],
@@ -266,7 +271,7 @@ def questions_for(facts: dict, vocab: dict, rng, decks: dict, cues: dict) -> lis
     out = []
     for task in TASKS:
         if task in answers:
-            q = make_question(task, answers[task], choices[task], rng, decks.setdefault(task, []))
+            q = make_question(task, answers[task], choices[task], rng, decks.setdefault(task, []), shuffle)
             q["cot"] = cot_for(task, facts, answers[task], cues)
             out.append(q)
     return out
@@ -407,8 +412,9 @@ def synth_image(facts: dict, size: int, rng) -> tuple[np.ndarray, np.ndarray | N
 
 
 def synth(out: str, n_images: int = 600, seed: int = 0, size: int = 112, test_frac: float = 0.3,
-          lesion_frac: float = 0.6) -> dict:
-    """Write a synthetic MedAD set to `out`: images/, masks/, train.jsonl, test.jsonl. Same seed, same bytes."""
+          lesion_frac: float = 0.6, shuffle_options: bool = True) -> dict:
+    """Write a synthetic MedAD set to `out`: images/, masks/, train.jsonl, test.jsonl. Same seed, same bytes.
+    shuffle_options=False lists every question's options in one fixed order (see make_question)."""
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     os.makedirs(os.path.join(out, "masks"), exist_ok=True)
@@ -430,7 +436,7 @@ def synth(out: str, n_images: int = 600, seed: int = 0, size: int = 112, test_fr
         if mask is not None:
             Image.fromarray(mask).save(os.path.join(out, "masks", f"{name}.png"))
             meta["mask"] = f"masks/{name}.png"
-        for q in questions_for(facts, SYNTH_VOCAB, rng, decks, SYNTH_CUES):
+        for q in questions_for(facts, SYNTH_VOCAB, rng, decks, SYNTH_CUES, shuffle_options):
             records.append({"id": f"{name}-{q['task']}", "image": f"images/{name}.png", **q, **meta})
     train, test = split_by_patient(records, test_frac, seed)
     write_jsonl(os.path.join(out, "train.jsonl"), train)
@@ -606,6 +612,8 @@ def main():
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     s.add_argument("--size", type=int, default=112, help="image side in pixels")
     s.add_argument("--test-frac", type=float, default=0.3, help="share of images in test.jsonl (split by patient)")
+    s.add_argument("--option-order", choices=["shuffled", "fixed"], default="shuffled", help="options in random "
+                   "order (as MedAD-38K), or always in one order per task: a letter mapping a tiny model learns in minutes")
     b = sub.add_parser("build", help="build a MedAD-style set from a manifest of labelled images",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     b.add_argument("--manifest", required=True, help="CSV with a header, or JSONL, with the fields "
@@ -620,7 +628,8 @@ def main():
     c.add_argument("files", nargs="+", help="JSONL files")
     args = parser.parse_args()
     if args.command == "synth":
-        summary = synth(args.out, args.n_images, args.seed, args.size, args.test_frac)
+        summary = synth(args.out, args.n_images, args.seed, args.size, args.test_frac,
+                        shuffle_options=args.option_order == "shuffled")
         print(f"wrote {args.out}: {summary['images']} images, {summary['train']} train and {summary['test']} test questions")
     elif args.command == "build":
         summary = build(args.manifest, args.out, args.seed, args.test_frac,

@@ -115,6 +115,17 @@ def test_synthetic_set_is_byte_identical_for_one_seed(tmp_path):
     assert not filecmp.cmp(tmp_path / "a" / "train.jsonl", tmp_path / "c" / "train.jsonl", shallow=False)
 
 
+def test_fixed_option_order_keeps_each_tasks_order_and_the_right_letter(tmp_path):
+    data.synth(str(tmp_path), 40, seed=1, shuffle_options=False)
+    records = data.load_jsonl(str(tmp_path / "train.jsonl")) + data.load_jsonl(str(tmp_path / "test.jsonl"))
+    order = {**data.SYNTH_VOCAB, "anomaly": data.ANOMALY_OPTIONS, "localization": list(data.REGIONS)}
+    for r in records:
+        assert r["options"] == sorted(r["options"], key=order[r["task"]].index), r["id"]
+        assert r["cot"].endswith(f"So the answer is {r['options']['ABCD'.index(r['answer'])]}.")
+    shown = Counter(tuple(r["options"]) for r in records if r["task"] == "anatomy")
+    assert len(shown) > 1  # the three distractors still vary
+
+
 def test_prompt_holds_image_question_and_lettered_options(tiny, records):
     _, processor = tiny
     r = records[0]
