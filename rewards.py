@@ -106,11 +106,9 @@ class Judge:
         return thought if len(ids) <= self.max_thought_tokens else \
             self.tokenizer.decode(ids[-self.max_thought_tokens:])  # keep the end: the conclusion
 
-    @torch.no_grad()
-    def __call__(self, questions: list[str], options: list[list[str]], thoughts: list[str]) -> list[str]:
-        """One letter per thought, from one batched forward pass."""
-        if not thoughts:
-            return []
+    def letter_logits(self, questions: list[str], options: list[list[str]], thoughts: list[str]) -> torch.Tensor:
+        """The next-token logits of the four letters after each judge prompt, [N, 4], in one batched forward
+        (with gradients when enabled: `train_sft.py --judge` trains a judge on them)."""
         rows = [self._context(judge_prompt(self.tokenizer, q, o, self._truncate(t)))
                 for q, o, t in zip(questions, options, thoughts)]
         T = max(map(len, rows))
@@ -122,8 +120,14 @@ class Judge:
         with self.model.disable_adapter() if self.disable_adapter else nullcontext():
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
                                 position_ids=positions.to(device), logits_to_keep=1, use_cache=False).logits
-        best = logits[:, -1, self.letter_ids].argmax(-1).tolist()
-        return [LETTERS[i] for i in best]
+        return logits[:, -1, self.letter_ids]
+
+    @torch.no_grad()
+    def __call__(self, questions: list[str], options: list[list[str]], thoughts: list[str]) -> list[str]:
+        """One letter per thought, from one batched forward pass."""
+        if not thoughts:
+            return []
+        return [LETTERS[i] for i in self.letter_logits(questions, options, thoughts).argmax(-1).tolist()]
 
 
 def load_judge(path: str, *, device: str = "cpu", dtype=None, max_thought_tokens: int = 768,

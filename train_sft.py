@@ -13,6 +13,13 @@ projections; linear warm-up over 3% of the steps then cosine decay to 0; gradien
 
 The output folder holds the LoRA adapter (adapter_model.safetensors + adapter_config.json), the processor and
 args.json; `train_grpo.py --ckpt sft_out` and `evaluate.py --ckpt sft_out` read it as it is.
+
+Two modes beyond the paper, for a model trained from scratch (the CPU demo's tiny one): --full fine-tunes every
+weight and writes a full model; --judge trains the consistency judge F of Eq. 6 on the same data (text-only: the
+question, the options and the CoT in, the right letter out, by rewards.Judge's prompt), for --judge OUT in
+train_grpo.py and evaluate.py.
+
+    python train_sft.py --model tiny --data train.jsonl --out judge --judge --full
 """
 import argparse
 import json
@@ -20,12 +27,14 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from functools import partial
 
 import torch
 from tqdm import tqdm
 
 import data
 import model as M
+import rewards
 
 
 def parse_args(argv=None):
@@ -46,6 +55,12 @@ def parse_args(argv=None):
     p.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout (default: %(default)s)")
     p.add_argument("--lora-targets", default=M.LORA_TARGETS, help="projections that get LoRA (default: %(default)s)")
     p.add_argument("--train-vision", action="store_true", help="LoRA on the vision tower too (frozen by default)")
+    p.add_argument("--full", action="store_true", help="fine-tune all weights instead of a LoRA (fp32 weights, bf16 "
+                   "autocast on GPUs); the vision tower too with --train-vision. The paper: LoRA. For a model "
+                   "trained from scratch, such as the CPU demo's tiny one, that has nothing for a LoRA to adapt")
+    p.add_argument("--judge", action="store_true", help="train a consistency judge F (Eq. 6) instead: text-only, "
+                   "the judge prompt of rewards.py, cross-entropy of the right letter among the four given the "
+                   "question, the options and the CoT. Use with --full (or --merge) and pass OUT to --judge")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     p.add_argument("--eval-data", help="held-out JSONL for the periodic evaluation")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: never)")
@@ -65,6 +80,14 @@ def sft_loss(policy, prompt, target_ids, target_mask, n_tokens: float):
     """Eq. 1: −Σ log π_θ(Y* | I, Q) over the target tokens, divided by the global batch's target token count."""
     logps = M.completion_logprobs(policy, prompt, target_ids, target_mask)
     return -(logps * target_mask).sum() / n_tokens
+
+
+def judge_loss(judge, records: list[dict], n_examples: float):
+    """Trains F of Eq. 6: −log of the right letter's share among the four, from the question, options and CoT."""
+    logits = judge.letter_logits([r["question"] for r in records], [r["options"] for r in records],
+                                 [r["cot"] for r in records])
+    right = torch.tensor([data.LETTERS.index(r["answer"]) for r in records], device=logits.device)
+    return torch.nn.functional.cross_entropy(logits.float(), right, reduction="sum") / n_examples
 
 
 def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -90,6 +113,20 @@ def evaluate_sft(policy, processor, records, micro_batch: int, max_new_tokens: i
     return {"eval_loss": nll / tokens, "eval_letter_acc": correct / len(records)}
 
 
+@torch.no_grad()
+def evaluate_judge(judge, records, micro_batch: int) -> dict:
+    """Held-out loss and accuracy of the judge's letter from the gold CoTs."""
+    judge.model.eval()
+    nll = correct = 0.0
+    for i in range(0, len(records), micro_batch):
+        chunk = records[i:i + micro_batch]
+        nll += judge_loss(judge, chunk, 1.0).item()
+        letters = judge([r["question"] for r in chunk], [r["options"] for r in chunk], [r["cot"] for r in chunk])
+        correct += sum(a == r["answer"] for a, r in zip(letters, chunk))
+    judge.model.train()
+    return {"eval_loss": nll / len(records), "eval_letter_acc": correct / len(records)}
+
+
 def main(argv=None):
     args = parse_args(argv)
     args.data = os.path.abspath(args.data)  # recorded in args.json: train_grpo.py --ckpt OUT finds it there
@@ -105,11 +142,18 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     # ---- model: the base, LoRA on the language model, AdamW ----
-    base, processor = M.load_model(args.model, device=device, trust_remote_code=args.trust_remote_code)
-    policy = M.add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets, args.train_vision)
+    base, processor = M.load_model(args.model, device=device, dtype=torch.float32 if args.full else None,
+                                   trust_remote_code=args.trust_remote_code)
+    if args.full:
+        policy = base.requires_grad_(True)
+        policy.model.visual.requires_grad_(args.train_vision)
+    else:
+        policy = M.add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets, args.train_vision)
     if args.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
-        policy.enable_input_require_grads()
+        if not args.full:
+            policy.enable_input_require_grads()
+    judge = rewards.Judge(policy, processor.tokenizer) if args.judge else None
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -121,7 +165,7 @@ def main(argv=None):
         step = M.load_checkpoint(M.latest_checkpoint(args.out), policy, optimizer, scheduler)["step"]
         if rank == 0:
             print(f"resumed from {M.latest_checkpoint(args.out)} at step {step}")
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if base.dtype == torch.bfloat16 else nullcontext()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if M.default_dtype(device) == torch.bfloat16 else nullcontext()
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
@@ -137,13 +181,18 @@ def main(argv=None):
         batch = batches(len(records), args.batch_size, args.seed, epoch)[step % steps_per_epoch]
         mine = [records[i] for i in batch[rank::world]]  # each rank its share of the same global batch
         chunks = [mine[i:i + args.micro_batch] for i in range(0, len(mine), args.micro_batch)]
-        inputs = [(data.prompt_batch(processor, c), *data.target_batch(processor.tokenizer, c)) for c in chunks]
-        n_tokens = M.all_reduce_sum(float(sum(mask.sum() for _, _, mask in inputs)), world)
         t0, loss_sum = time.time(), 0.0
-        for prompt, ids, mask in inputs:
-            prompt = {k: v.to(device) for k, v in prompt.items()}
+        if args.judge:  # one letter per example
+            n_tokens = M.all_reduce_sum(float(len(mine)), world)
+            micro = [partial(judge_loss, judge, c, n_tokens) for c in chunks]
+        else:
+            inputs = [(data.prompt_batch(processor, c), *data.target_batch(processor.tokenizer, c)) for c in chunks]
+            n_tokens = M.all_reduce_sum(float(sum(mask.sum() for _, _, mask in inputs)), world)
+            micro = [partial(sft_loss, policy, {k: v.to(device) for k, v in prompt.items()}, ids.to(device),
+                             mask.to(device), n_tokens) for prompt, ids, mask in inputs]
+        for micro_loss in micro:
             with amp:
-                loss = sft_loss(policy, prompt, ids.to(device), mask.to(device), n_tokens)
+                loss = micro_loss()
             loss.backward()
             loss_sum += loss.item()
         M.all_reduce_grads(params, world)  # each rank's loss is divided by the global token count: sum them
@@ -158,7 +207,8 @@ def main(argv=None):
                "grad_norm": grad_norm, "tokens_per_s": n_tokens / seconds, "seconds": seconds,
                "peak_mem_gb": M.peak_memory_gb()}
         if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps) and rank == 0:
-            row.update(evaluate_sft(policy, processor, eval_records, args.micro_batch, args.max_new_tokens))
+            row.update(evaluate_judge(judge, eval_records, args.micro_batch) if args.judge else
+                       evaluate_sft(policy, processor, eval_records, args.micro_batch, args.max_new_tokens))
         if rank == 0:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
@@ -171,11 +221,11 @@ def main(argv=None):
             break
     bar.close()
 
-    # ---- output: the adapter (+ merged model), the processor ----
+    # ---- output: the adapter (+ merged model) or the full model, the processor ----
     if rank == 0 and step == total_steps:
-        policy.save_pretrained(args.out)
+        (policy.to(M.default_dtype(device)) if args.full else policy).save_pretrained(args.out)
         M.save_processor(processor, args.out)
-        if args.merge:
+        if args.merge and not args.full:
             merged = policy.merge_and_unload()
             merged.save_pretrained(os.path.join(args.out, "merged"))
             M.save_processor(processor, os.path.join(args.out, "merged"))
