@@ -270,6 +270,16 @@ def save_checkpoint(out: str, step: int, model, optimizer, scheduler, **extra) -
     return final
 
 
+def checkpoint_and_stop(out: str, step: int, model, optimizer, scheduler, *, save_every: int, stop_after: int,
+                        rank: int = 0) -> bool:
+    """The end of a training step: a checkpoint every `save_every` steps and at `stop_after` (rank 0 writes);
+    True when the run stops here, as if interrupted (--stop-after, for testing --resume)."""
+    stop = bool(stop_after) and step >= stop_after
+    if rank == 0 and ((save_every and step % save_every == 0) or stop):
+        save_checkpoint(out, step, model, optimizer, scheduler)
+    return stop
+
+
 def latest_checkpoint(out: str) -> str | None:
     """The newest complete checkpoint folder in `out` (temporary folders are incomplete and ignored)."""
     steps = [int(name.split("-")[1]) for name in os.listdir(out) if re.fullmatch(r"checkpoint-\d+", name)] \

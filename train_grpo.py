@@ -294,10 +294,8 @@ def main(argv=None):
                 samples_log.flush()
             bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.3f}", con=f"{row['consistency_rate']:.3f}")
             bar.update(1)
-        stop = args.stop_after and step >= args.stop_after
-        if rank == 0 and ((args.save_every and step % args.save_every == 0) or stop):
-            M.save_checkpoint(args.out, step, policy, optimizer, scheduler)
-        if stop:
+        if M.checkpoint_and_stop(args.out, step, policy, optimizer, scheduler, save_every=args.save_every,
+                                 stop_after=args.stop_after, rank=rank):
             break
     bar.close()
 

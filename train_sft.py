@@ -214,10 +214,8 @@ def main(argv=None):
             metrics.flush()
             bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{row['lr']:.2e}")
             bar.update(1)
-        stop = args.stop_after and step >= args.stop_after
-        if rank == 0 and ((args.save_every and step % args.save_every == 0) or stop):
-            M.save_checkpoint(args.out, step, policy, optimizer, scheduler)
-        if stop:
+        if M.checkpoint_and_stop(args.out, step, policy, optimizer, scheduler, save_every=args.save_every,
+                                 stop_after=args.stop_after, rank=rank):
             break
     bar.close()
 
