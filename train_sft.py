@@ -165,24 +165,25 @@ def main(argv=None):
         step = M.load_checkpoint(M.latest_checkpoint(args.out), policy, optimizer, scheduler)["step"]
         if rank == 0:
             print(f"resumed from {M.latest_checkpoint(args.out)} at step {step}")
+    stage = "Judge" if args.judge else "SFT"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if M.default_dtype(device) == torch.bfloat16 else nullcontext()
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
         metrics = open(os.path.join(args.out, "metrics.jsonl"), "a")
         trainable = sum(p.numel() for p in params)
-        print(f"SFT: {len(records)} examples, {total_steps} steps of {args.batch_size}, {trainable:,} trainable "
+        print(f"{stage}: {len(records)} examples, {total_steps} steps of {args.batch_size}, {trainable:,} trainable "
               f"parameters of {M.count_parameters(policy):,}, {world} process(es) on {device}")
 
     # ---- the loop: a global batch per step, accumulated over micro-batches ----
-    bar = tqdm(total=total_steps, initial=step, desc="SFT", disable=rank != 0, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, desc=stage, disable=rank != 0, dynamic_ncols=True)
     while step < total_steps:
         epoch = step // steps_per_epoch
         batch = batches(len(records), args.batch_size, args.seed, epoch)[step % steps_per_epoch]
         mine = [records[i] for i in batch[rank::world]]  # each rank its share of the same global batch
         chunks = [mine[i:i + args.micro_batch] for i in range(0, len(mine), args.micro_batch)]
         t0, loss_sum = time.time(), 0.0
-        if args.judge:  # one letter per example
+        if args.judge:  # one target letter per example
             n_tokens = M.all_reduce_sum(float(len(mine)), world)
             micro = [partial(judge_loss, judge, c, n_tokens) for c in chunks]
         else:
@@ -204,8 +205,8 @@ def main(argv=None):
         loss_sum = M.all_reduce_sum(loss_sum, world)
         seconds = time.time() - t0
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
-               "grad_norm": grad_norm, "tokens_per_s": n_tokens / seconds, "seconds": seconds,
-               "peak_mem_gb": M.peak_memory_gb()}
+               "grad_norm": grad_norm, ("letters_per_s" if args.judge else "tokens_per_s"): n_tokens / seconds,
+               "seconds": seconds, "peak_mem_gb": M.peak_memory_gb()}
         if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps) and rank == 0:
             row.update(evaluate_judge(judge, eval_records, args.micro_batch) if args.judge else
                        evaluate_sft(policy, processor, eval_records, args.micro_batch, args.max_new_tokens))
