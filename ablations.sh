@@ -3,15 +3,19 @@
 # Table 2: RL-only (Con-GRPO from the untrained model), SFT-only, SFT + GRPO with the accuracy reward only, with the
 # consistency reward only, full Con-GRPO, and one row the paper does not have: Con-GRPO with the ratio against the
 # sampling policy (--ratio-ref old, as TRL, VLM-R1 and DeepSeekMath take it). Table 3: the reward weights.
-# Each row is evaluated with 3 sampling seeds and one fixed judge (the SFT model); tables go to $OUT/ablations/.
+# Every run takes the demo's Stage 2 settings but, for time, a quarter of its steps (190; `--epochs 0.4` in GRPO
+# below gives the demo's length, at about 9 minutes a run); each row is evaluated with 3 sampling seeds and the
+# demo's judge. 27 minutes on 2 CPU cores; finished runs are skipped when it is run again. Tables go to
+# $OUT/ablations/ (README.md shows them as measured).
 set -euo pipefail
 OUT=${OUT:-runs/demo}
 A="$OUT/ablations"
 export HF_HUB_OFFLINE=1
-GRPO="--data $OUT/data/train.jsonl --epochs 0.2 --max-new-tokens 64 --lr 1e-5"
+GRPO="--data $OUT/data/train.jsonl --judge $OUT/judge --epochs 0.1 --max-new-tokens 64 --lr 3e-4"
 run() {  # name, checkpoint, extra flags
   [ -f "$A/$1/config.json" ] || python train_grpo.py --ckpt "$2" --out "$A/$1" $GRPO "${@:3}"
 }
+run full "$OUT/sft"
 run rl-only "$OUT/tiny"
 run acc-only "$OUT/sft" --lambda-fmt 0 --lambda-acc 1 --lambda-con 0
 run con-only "$OUT/sft" --lambda-fmt 0 --lambda-acc 0 --lambda-con 1
@@ -19,13 +23,13 @@ run ratio-old "$OUT/sft" --ratio-ref old
 run format-focused "$OUT/sft" --lambda-fmt 0.8 --lambda-acc 0.1 --lambda-con 0.1
 run accuracy-focused "$OUT/sft" --lambda-fmt 0.1 --lambda-acc 0.8 --lambda-con 0.1
 run consistency-focused "$OUT/sft" --lambda-fmt 0.1 --lambda-acc 0.1 --lambda-con 0.8
-EVAL="--data $OUT/data/test.jsonl --max-new-tokens 64 --judge $OUT/sft/merged"
+EVAL="--data $OUT/data/test.jsonl --max-new-tokens 64 --judge $OUT/judge"
 python evaluate.py $EVAL --out "$A/table2" \
-  --ckpt "$A/rl-only" "$OUT/sft" "$A/acc-only" "$A/con-only" "$OUT/grpo" "$A/ratio-old" \
+  --ckpt "$A/rl-only" "$OUT/sft" "$A/acc-only" "$A/con-only" "$A/full" "$A/ratio-old" \
   --names "RL-only (Con-GRPO)" "SFT-only" "SFT + GRPO (Acc-only)" "SFT + GRPO (Con-only)" "MedAD-R1 (full)" \
           "MedAD-R1, ratio vs π_old"
 python evaluate.py $EVAL --out "$A/table3" \
-  --ckpt "$A/format-focused" "$A/accuracy-focused" "$A/consistency-focused" "$OUT/grpo" \
+  --ckpt "$A/format-focused" "$A/accuracy-focused" "$A/consistency-focused" "$A/full" \
   --names "Format-focused (0.8/0.1/0.1)" "Accuracy-focused (0.1/0.8/0.1)" "Consistency-focused (0.1/0.1/0.8)" \
           "Balanced (1/3 each)"
 echo "Table 2: $A/table2/results.md   Table 3: $A/table3/results.md"
