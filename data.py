@@ -511,46 +511,7 @@ def _row_problems(row: dict, folder: str) -> tuple[list[tuple[str, str]], dict]:
     return problems, got
 
 
-DESCRIBE = "Describe the visual content of this medical image: the anatomy, the imaging modality, and any lesion."
-EXPLAIN = ("Image description: {description}\nQuestion: {question}\n{options}\nThe correct answer is {letter}. "
-           "{answer}. Explain step by step, from the visual evidence, why; end with the conclusion.")
-
-
-def model_cots(records: list[dict], folder: str, cot_model: str, batch_size: int = 8,
-               max_new_tokens: int = 256) -> tuple[list[dict], float]:
-    """The paper's CoT stage with a local vision-language model: it describes each image, then explains the right
-    answer given the image, the description and the question; a CoT is kept only if the judge of rewards.py
-    deduces the right letter from it alone (standing in for the manual check). Returns (kept records, keep rate)."""
-    import model as M  # only this option needs the project's model and judge; the rest of data.py copies alone
-    import rewards
-    from tqdm import tqdm
-    policy, processor = M.load_model(cot_model)
-    judge = rewards.Judge(policy, processor.tokenizer)
-
-    def generate(prompts, images):
-        chats = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}] for p in prompts]
-        texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
-        inputs = {k: v.to(policy.device) for k, v in processor(text=texts, images=images, padding=True,
-                                                                 return_tensors="pt").items()}
-        return [t.strip() for t in M.sample(policy, processor, inputs, greedy=True, max_new_tokens=max_new_tokens)["texts"]]
-
-    kept, descriptions = [], {}
-    for i in tqdm(range(0, len(records), batch_size), desc="CoT by model"):
-        chunk = records[i:i + batch_size]
-        images = [Image.open(os.path.join(folder, r["image"])).convert("RGB") for r in chunk]
-        new = sorted({r["image"] for r in chunk} - set(descriptions))
-        for image, text in zip(new, generate([DESCRIBE] * len(new), [images[[r["image"] for r in chunk].index(x)] for x in new])):
-            descriptions[image] = text
-        cots = generate([EXPLAIN.format(description=descriptions[r["image"]], question=r["question"],
-                                        options=format_options(r["options"]), letter=r["answer"],
-                                        answer=r["options"][LETTERS.index(r["answer"])]) for r in chunk], images)
-        letters = judge([r["question"] for r in chunk], [r["options"] for r in chunk], cots)
-        kept += [{**r, "cot": cot} for r, cot, letter in zip(chunk, cots, letters) if cot and letter == r["answer"]]
-    return kept, len(kept) / max(1, len(records))
-
-
-def build(manifest: str, out: str, seed: int = 0, test_frac: float = 0.3, vocab: dict | None = None,
-          cot_model: str | None = None) -> dict:
+def build(manifest: str, out: str, seed: int = 0, test_frac: float = 0.3, vocab: dict | None = None) -> dict:
     """Build train.jsonl / test.jsonl (the five tasks per image) and 8-bit images/ masks/ from a manifest.
 
     Every bad row is reported as `manifest:line: field: problem`, and nothing is written until all are clean.
@@ -589,9 +550,6 @@ def build(manifest: str, out: str, seed: int = 0, test_frac: float = 0.3, vocab:
             summary["lesions_without_mask"] += 1  # no localization question for it
         for q in questions_for(facts, values, rng, decks, {"anatomy": {}, "modality": {}, "pathology": {}}):
             records.append({"id": f"{name}-{q['task']}", "image": f"images/{name}.png", **q, **meta})
-    if cot_model:
-        summary["questions_before_cot_check"] = len(records)
-        records, summary["cot_keep_rate"] = model_cots(records, out, cot_model)
     train, test = split_by_patient(records, test_frac, seed)
     write_jsonl(os.path.join(out, "train.jsonl"), train)
     write_jsonl(os.path.join(out, "test.jsonl"), test)
@@ -622,8 +580,6 @@ def main():
     b.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     b.add_argument("--test-frac", type=float, default=0.3, help="share of images in test.jsonl (split by patient)")
     b.add_argument("--vocab", help="JSON {field: [values]} adding distractor values for anatomy, modality, pathology")
-    b.add_argument("--cot-model", help="a local vision-language model (folder or hub id) that writes the CoTs; one is "
-                   "kept only if the judge deduces the right letter from it (default: templated CoTs)")
     c = sub.add_parser("check", help="validate JSONL files and print their task counts")
     c.add_argument("files", nargs="+", help="JSONL files")
     args = parser.parse_args()
@@ -633,7 +589,7 @@ def main():
         print(f"wrote {args.out}: {summary['images']} images, {summary['train']} train and {summary['test']} test questions")
     elif args.command == "build":
         summary = build(args.manifest, args.out, args.seed, args.test_frac,
-                        json.load(open(args.vocab)) if args.vocab else None, args.cot_model)
+                        json.load(open(args.vocab)) if args.vocab else None)
         print(json.dumps(summary, indent=2))
     else:
         for path in args.files:

@@ -122,13 +122,16 @@ def test_too_few_values_for_four_options_is_an_error(tmp_path):
 
 
 def test_cot_model_writes_cots_and_keeps_only_those_the_judge_follows(manifest, tiny_dir, tmp_path):
+    import cots
     import model
     import rewards
     path, _ = manifest
-    templated = data.build(path, str(tmp_path / "t"), seed=0)
-    summary = data.build(path, str(tmp_path / "m"), seed=0, cot_model=tiny_dir)
+    templated = data.build(path, str(tmp_path / "m"), seed=0)
+    before = (tmp_path / "m" / "train.jsonl").read_bytes()
+    summary = cots.main(["--data", str(tmp_path / "m"), "--cot-model", tiny_dir])
+    assert (tmp_path / "m" / "train.jsonl").read_bytes() == before  # the templated set stays
     assert summary["questions_before_cot_check"] == templated["train"] + templated["test"]
-    kept = data.load_jsonl(str(tmp_path / "m" / "train.jsonl")) + data.load_jsonl(str(tmp_path / "m" / "test.jsonl"))
+    kept = [r for s in ("train", "test") for r in data.load_jsonl(str(tmp_path / "m" / f"{s}.cot.jsonl"))]
     assert summary["cot_keep_rate"] == pytest.approx(len(kept) / summary["questions_before_cot_check"])
     assert 0 < len(kept) < summary["questions_before_cot_check"]  # a random model's CoTs: some pass, some do not
     policy, processor = model.load_model(tiny_dir, device="cpu")
