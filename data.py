@@ -133,6 +133,17 @@ def prompt_batch(processor, records: list[dict]) -> dict:
     return dict(processor(text=texts, images=images, padding=True, return_tensors="pt"))
 
 
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The global batches of one epoch over n items: a permutation seeded by (seed, epoch), so that a resumed run sees
+    the same, cut into ceil(n / batch_size) batches of exactly batch_size. The last is filled up from the start of the
+    permutation (wrapped): every step has the same size, and no rank of a data-parallel run is left without items."""
+    import torch
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    steps = -(-n // batch_size)
+    wrapped = (order * -(-steps * batch_size // n))[:steps * batch_size]
+    return [wrapped[i:i + batch_size] for i in range(0, len(wrapped), batch_size)]
+
+
 def target_batch(tokenizer, records: list[dict], end_of_turn: str = "<|im_end|>"):
     """Target token ids right-padded [B, T] and their mask: the target and its end-of-turn token, nothing else.
 

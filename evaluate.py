@@ -49,6 +49,8 @@ def parse_args(argv=None):
                    "its own thoughts, text-only), 'none', or one model folder / hub id for every row")
     p.add_argument("--judge-max-tokens", type=int, default=768, help="thought tokens the judge reads (the end)")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N questions only (0: all)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], help="weights of the models and judges; default: bf16 "
+                   "where the GPU supports it, else fp32")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code from the hub")
     return p.parse_args(argv)
 
@@ -160,14 +162,15 @@ def main(argv=None):
     records = data.load_jsonl(args.data)
     records = records[:args.limit] if args.limit else records
     device = M.default_device()
+    dtype = torch.bfloat16 if (args.precision or M.default_precision(device)) == "bf16" else torch.float32
     fixed_judge = None
     if args.judge not in ("self", "none"):
-        fixed_judge = rewards.load_judge(args.judge, device=device, dtype=M.default_dtype(device),
+        fixed_judge = rewards.load_judge(args.judge, device=device, dtype=dtype,
                                          max_thought_tokens=args.judge_max_tokens, trust_remote_code=args.trust_remote_code)
     os.makedirs(args.out, exist_ok=True)
     results, predictions = [], []
     for name, ckpt in zip(names, args.ckpt):
-        policy, processor = M.load_model(ckpt, device=device, trust_remote_code=args.trust_remote_code)
+        policy, processor = M.load_model(ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
         judge = {"self": rewards.Judge(policy, processor.tokenizer, max_thought_tokens=args.judge_max_tokens),
                  "none": None}.get(args.judge, fixed_judge)
         per_seed, t0 = [], time.time()

@@ -12,8 +12,12 @@ import glob
 import json
 import os
 import re
+import shutil
+import types
+from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from transformers import (AutoModelForImageTextToText, AutoProcessor, AutoTokenizer,
                           GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
                           Qwen2_5_VLProcessor)
@@ -55,15 +59,17 @@ class ImageOnlyProcessor(Qwen2_5_VLProcessor):
 
 # ---- loading ----
 
-def default_dtype(device) -> torch.dtype:
-    """bf16 where the device supports it (the paper), float32 on CPU (bf16 is slower there)."""
-    if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
-
-
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_precision(device) -> str:
+    """bf16 where the device supports it (the paper), fp32 elsewhere (on CPU bf16 is slower than fp32)."""
+    return "bf16" if torch.device(device).type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def default_dtype(device) -> torch.dtype:
+    return torch.bfloat16 if default_precision(device) == "bf16" else torch.float32
 
 
 def load_processor(path: str, trust_remote_code: bool = False):
@@ -135,6 +141,40 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets
                         target_modules=rf".*({towers}).*\.({names}{vision_names})")
     return get_peft_model(model, config)
 
+
+
+# ---- precision ----
+# --precision bf16 is torch's mixed precision: bf16 compute under autocast, fp32 weights wherever they are trained
+# (a bf16 weight of ~1e-2 is resolved to ~4e-5 and cannot take lr-1e-6 updates). Frozen weights that only a LoRA
+# adapts stay bf16. A frozen π_SFT copy runs in the policy's regime (fp32 weights, autocast), so that before the
+# first update π_θ and π_SFT are the same computation: r_t = 1 and KL = 0 exactly.
+
+def weights_dtype(precision: str, trained: bool) -> torch.dtype:
+    """The dtype to load weights in: fp32 unless --precision bf16 and the weights are frozen (a LoRA's base)."""
+    return torch.bfloat16 if precision == "bf16" and not trained else torch.float32
+
+
+def autocast(device, precision: str):
+    """bf16 compute for forward passes under --precision bf16 (a no-op under fp32). Only around forward passes:
+    autocast caches the bf16 casts of trained weights until its block exits, so a forward after an
+    `optimizer.step()` inside the same block would still see the old weights."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def fp32_logits(model):
+    """Run the LM head in fp32, outside autocast, so that log-probs (and samples) come from fp32 logits. A bf16
+    logit near 20 is resolved only to 0.125: π_θ / π_SFT would carry rounding noise of several percent, as large
+    as a sizeable part of ε (MiniMax-M1 fixed its training/inference mismatch the same way). The head (tied to the
+    embeddings in Qwen2.5-VL-3B) is kept in fp32; its state-dict names are unchanged."""
+    head = model.get_output_embeddings()
+    head.float()
+    head.forward = types.MethodType(_fp32_linear, head)
+    return model
+
+
+def _fp32_linear(self, hidden):
+    with torch.autocast(hidden.device.type, enabled=False):
+        return torch.nn.functional.linear(hidden.float(), self.weight.float())
 
 # ---- log-probs and sampling ----
 
@@ -213,21 +253,30 @@ def end_token_ids(tokenizer) -> list[int]:
 
 @torch.no_grad()
 def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_tokens: int = 256,
-           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, seed: int | None = None) -> dict:
+           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
+           min_new_tokens: int = 0) -> dict:
     """G completions per prompt in one `generate` call. Rows are grouped consecutively: [p0 s0..sG-1, p1 s0, ...].
 
-    Returns completion ids [N*G, T], their mask (ends at the first end-of-turn token, included) and texts.
+    Decodes π_θ itself: temperature and top-p as given, top-k off, and nothing of the checkpoint's own
+    generation_config.json (Qwen2.5-VL-3B-Instruct's carries repetition_penalty 1.05 and top_k 1, which would make
+    every rollout off-policy for Eq. 8). Vision tokens are suppressed: a sampled <|image_pad|> breaks the next
+    forward's image-token count. Returns completion ids [N*G, T], their mask (ending at the first end-of-turn
+    token, included) and texts.
     """
     if seed is not None:
         torch.manual_seed(seed)
     tok = processor.tokenizer
     end_ids = end_token_ids(tok)
-    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p,
-                                                          top_k=0)  # top_k=0: generate's default top-k 50 is off
-    out = model.generate(**prompt, **sampling, num_return_sequences=group_size, max_new_tokens=max_new_tokens,
-                         eos_token_id=end_ids, pad_token_id=tok.pad_token_id,
-                         # a sampled <|image_pad|> would break the next forward's image-token count
-                         suppress_tokens=tok.convert_tokens_to_ids(VISION_TOKENS))
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    config = GenerationConfig(**sampling, num_return_sequences=group_size, max_new_tokens=max_new_tokens,
+                              min_new_tokens=min_new_tokens, eos_token_id=end_ids, pad_token_id=tok.pad_token_id,
+                              suppress_tokens=tok.convert_tokens_to_ids(VISION_TOKENS))
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
+    own, hf.generation_config = hf.generation_config, GenerationConfig()  # generate fills unset values from it
+    try:
+        out = model.generate(**prompt, generation_config=config)
+    finally:
+        hf.generation_config = own
     ids = out[:, prompt["input_ids"].shape[1]:]
     mask = end_of_turn_mask(ids, end_ids)
     ids = ids.masked_fill(mask == 0, tok.pad_token_id)
@@ -235,7 +284,123 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
     return {"completion_ids": ids, "completion_mask": mask, "texts": texts}
 
 
-# ---- saving, checkpoints, distributed ----
+# ---- distributed: data parallel and FSDP2 ----
+# One process by default. Under torchrun a process group exists whatever its size (so that `torchrun
+# --nproc_per_node 1` on one GPU runs NCCL as 8 GPUs do), every collective takes tensors on the group's device (NCCL
+# reduces CUDA tensors only), and each rank starts from rank 0's weights. Replicated by default: each rank holds the
+# whole model and gradients are summed explicitly before each step. With --fsdp, FSDP2 shards weights, gradients and
+# optimizer state, and sums the gradients itself in backward.
+
+def init_distributed() -> tuple[int, int, str]:
+    """(rank, world size, device). Under torchrun: a process group (NCCL on GPUs, gloo on CPU); else one process."""
+    if "RANK" not in os.environ:
+        return 0, 1, default_device()
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def group_device() -> torch.device:
+    """The device of the process group's collectives: this rank's GPU under NCCL, the CPU under gloo."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier(device_ids=[torch.cuda.current_device()] if dist.get_backend() == "nccl" else None)
+
+
+def all_reduce_sum(value: float | dict) -> float | dict:
+    """The sum over ranks of a number, or of each number of a dict (in one collective); as is without a group."""
+    if not dist.is_initialized():
+        return value
+    numbers = list(value.values()) if isinstance(value, dict) else [value]
+    t = torch.tensor([float(x) for x in numbers], dtype=torch.float64, device=group_device())
+    dist.all_reduce(t)
+    summed = t.tolist()
+    return dict(zip(value, summed)) if isinstance(value, dict) else summed[0]
+
+
+def broadcast_parameters(model):
+    """Rank 0's weights on every rank, whatever each rank's seed made of its own (a LoRA's random init, say)."""
+    if dist.is_initialized():
+        for p in model.parameters():
+            dist.broadcast(p.data, src=0)
+    return model
+
+
+def sync_grads(params):
+    """Sum gradients over ranks (each rank's loss is already divided by the global count). FSDP's sharded
+    parameters are skipped: their gradients were reduce-scattered, summed, in backward."""
+    if not dist.is_initialized():
+        return
+    from torch.distributed.tensor import DTensor
+    for p in params:
+        if isinstance(p, DTensor):
+            continue
+        if p.grad is None:  # unused on this rank (e.g. no image): every rank must join every all-reduce
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+
+
+def clip_grad_norm(params, max_norm: float) -> float:
+    """Clip the gradients' global norm to max_norm; returns the norm before clipping (over all shards under FSDP)."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()
+
+
+def _fsdp_units(model) -> list:
+    from torch.distributed.fsdp import FSDPModule
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def shard(model):
+    """FSDP2 (torch's fully_shard): weights, gradients and optimizer state sharded over the ranks, one unit per decoder
+    layer and vision block, then the rest (embeddings, LM head, vision merger) at the root. Gradients are summed over
+    ranks, as sync_grads does, not averaged. Needs a process group (torchrun, even of one process)."""
+    from torch.distributed.fsdp import fully_shard
+    if not dist.is_initialized():
+        raise SystemExit("--fsdp needs a process group: run the script with torchrun (torchrun --nproc_per_node 1 "
+                         "... on one GPU)")
+    inner = _inner(model)
+    for unit in [*inner.visual.blocks, *inner.language_model.layers]:
+        fully_shard(unit)
+    fully_shard(model)
+    for unit in _fsdp_units(model):
+        unit.set_gradient_divide_factor(1.0)
+        if dist.get_backend() == "gloo":
+            unit.set_force_sum_reduction_for_comms(True)  # a plain sum: gloo has no pre-multiplied one
+    # FSDP2 takes the first unit to run forward as the root; generate runs the vision blocks before the root's
+    # forward, so the root runs once now
+    with torch.no_grad():
+        model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=group_device()), logits_to_keep=1)
+    model.reshard()  # the root keeps its weights gathered after a forward: shard them again for the optimizer
+    return model
+
+
+@contextmanager
+def unsharded(model):
+    """Every FSDP unit of `model` gathered for the block, and kept gathered across forwards: generation runs one
+    forward per token, which would otherwise all-gather every layer every time. A no-op for a model not sharded."""
+    units = _fsdp_units(model)
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(unit is not model, recurse=False)  # the root never reshards after forward
+
+
+# ---- saving and checkpoints ----
 
 def save_processor(processor, out: str):
     """Write the processor as the hub model ships it (tokenizer + image processor files), loadable without
@@ -246,36 +411,70 @@ def save_processor(processor, out: str):
     processor.image_processor.save_pretrained(out)
 
 
+def full_state(model, trained_only: bool = False) -> dict:
+    """The model's weights as CPU tensors by parameter name (tied weights once), gathered from the shards under FSDP:
+    every rank must call it, and under FSDP only rank 0 gets them."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    names = {n for n, p in model.named_parameters() if p.requires_grad or not trained_only}
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True,
+                                                                ignore_frozen_params=trained_only))
+    return {n: t.detach().cpu().contiguous() for n, t in full.items() if n in names}
+
+
 def trainable_state(model) -> dict:
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    return full_state(model, trained_only=True)
+
+
+def save_model(model, out: str, dtype: torch.dtype):
+    """The final model as a plain Hugging Face folder in `dtype` (save_pretrained: it loads with from_pretrained and
+    with load_model). Every rank calls it: under FSDP the shards are gathered to rank 0, which writes."""
+    state = {n: t.to(dtype) for n, t in full_state(model).items()}
+    if get_rank() == 0:
+        model.save_pretrained(out, state_dict=state)
+
+
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()  # this rank's GPU
+    return state
 
 
 def save_checkpoint(out: str, step: int, model, optimizer, scheduler, **extra) -> str:
-    """OUT/checkpoint-STEP: trainable weights (safetensors), optimizer, scheduler, RNG states, step and `extra`.
-    Written to a temporary folder that is renamed when complete, so a crash never leaves half a checkpoint."""
+    """OUT/checkpoint-STEP: the trained weights (trainable.safetensors), the optimizer (optimizer.pt), the step and
+    scheduler (state.pt), and each rank's RNG states (rng-RANK.pt). Every rank calls it. Under FSDP the shards are
+    gathered to rank 0 on CPU, so that a checkpoint is the same files however the run was sharded and resumes with
+    or without FSDP, on any number of GPUs (the cost: rank 0's CPU memory holds the trained weights and AdamW state,
+    12 bytes a parameter). Written to a temporary folder renamed when complete: a crash never leaves half a
+    checkpoint. Across nodes, OUT must be a folder every rank sees (a shared file system)."""
     from safetensors.torch import save_file
-    final = os.path.join(out, f"checkpoint-{step}")
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    rank, final = get_rank(), os.path.join(out, f"checkpoint-{step}")
     tmp = final + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
-    save_file(trainable_state(model), os.path.join(tmp, "trainable.safetensors"))
-    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng_cpu": torch.get_rng_state(), "extra": extra}
-    if torch.cuda.is_available():
-        state["rng_cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(state, os.path.join(tmp, "state.pt"))
-    if os.path.exists(final):
-        import shutil
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    weights = trainable_state(model)
+    optim = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    barrier()
+    torch.save(_rng_state(), os.path.join(tmp, f"rng-{rank}.pt"))
+    if rank == 0:
+        save_file(weights, os.path.join(tmp, "trainable.safetensors"))
+        torch.save(optim, os.path.join(tmp, "optimizer.pt"))
+        torch.save({"step": step, "scheduler": scheduler.state_dict(), "extra": extra}, os.path.join(tmp, "state.pt"))
+    barrier()
+    if rank == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    barrier()
     return final
 
 
-def checkpoint_and_stop(out: str, step: int, model, optimizer, scheduler, *, save_every: int, stop_after: int,
-                        rank: int = 0) -> bool:
-    """The end of a training step: a checkpoint every `save_every` steps and at `stop_after` (rank 0 writes);
+def checkpoint_and_stop(out: str, step: int, model, optimizer, scheduler, *, save_every: int, stop_after: int) -> bool:
+    """The end of a training step: a checkpoint every `save_every` steps and at `stop_after` (every rank calls it);
     True when the run stops here, as if interrupted (--stop-after, for testing --resume)."""
     stop = bool(stop_after) and step >= stop_after
-    if rank == 0 and ((save_every and step % save_every == 0) or stop):
+    if (save_every and step % save_every == 0) or stop:
         save_checkpoint(out, step, model, optimizer, scheduler)
     return stop
 
@@ -288,54 +487,56 @@ def latest_checkpoint(out: str) -> str | None:
 
 
 def load_checkpoint(path: str, model, optimizer, scheduler) -> dict:
-    """Restore what save_checkpoint wrote; returns the state (step, extra)."""
+    """Restore what save_checkpoint wrote; every rank calls it. Rank 0 reads the weights and optimizer state (to CPU)
+    and broadcasts them, each rank keeping its shard under FSDP; each rank restores its own RNG states."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
-    weights = load_file(os.path.join(path, "trainable.safetensors"))
-    missing = set(trainable_state(model)) - set(weights)
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    rank, file = get_rank(), os.path.join(path, "trainable.safetensors")
+    with safe_open(file, "pt") as f:
+        missing = {n for n, p in model.named_parameters() if p.requires_grad} - set(f.keys())
     if missing:
         raise ValueError(f"{path}: the checkpoint lacks {len(missing)} trainable tensors (e.g. {sorted(missing)[0]}); "
-                         "was it written with other flags (--lora, --train-vision)?")
-    model.load_state_dict(weights, strict=False)
-    state = torch.load(os.path.join(path, "state.pt"), weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+                         "was it written with other flags (--lora, --full, --train-vision)?")
+    rng = os.path.join(path, f"rng-{rank}.pt")
+    if not os.path.isfile(rng):
+        raise ValueError(f"{path}: no rng-{rank}.pt: the checkpoint was written by a run of fewer ranks; resume it "
+                         "with as many ranks as wrote it")
+    options = StateDictOptions(full_state_dict=True, strict=False, broadcast_from_rank0=dist.is_initialized())
+    load = lambda name: torch.load(os.path.join(path, name), map_location="cpu", weights_only=True)  # noqa: E731
+    set_model_state_dict(model, load_file(file) if rank == 0 else {}, options=options)
+    set_optimizer_state_dict(model, optimizer, load("optimizer.pt") if rank == 0 else {}, options=options)
+    state = load("state.pt")
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng_cpu"])
-    if "rng_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    rng = load(f"rng-{rank}.pt")
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     return state
 
 
-def init_distributed() -> tuple[int, int, str]:
-    """(rank, world size, device). Under torchrun: a process group (NCCL on GPUs, gloo on CPU); else one process."""
-    if "RANK" not in os.environ:
-        return 0, 1, default_device()
-    import torch.distributed as dist
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size(), f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+def start_step(out: str, resume: bool, model, optimizer, scheduler) -> int:
+    """The step a run starts from: with --resume the newest complete checkpoint in `out`, restored (an error when
+    there is none); else 0, refusing an `out` that holds an earlier run's checkpoints."""
+    path = latest_checkpoint(out)
+    if resume and path is None:
+        raise SystemExit(f"--resume: {out} holds no complete checkpoint (checkpoint-STEP/); run without --resume to "
+                         "start from step 0")
+    if not resume and path is not None:
+        raise SystemExit(f"{out} holds {os.path.basename(path)} of an earlier run: pass --resume to continue it, or "
+                         "give another --out")
+    return load_checkpoint(path, model, optimizer, scheduler)["step"] if resume else 0
 
 
-def all_reduce_sum(value: float | torch.Tensor, world: int):
-    """Sum over ranks (a no-op in one process)."""
-    if world == 1:
-        return value
-    import torch.distributed as dist
-    t = torch.as_tensor(value, dtype=torch.float64).clone()
-    dist.all_reduce(t)
-    return t if isinstance(value, torch.Tensor) else t.item()
-
-
-def all_reduce_grads(params, world: int):
-    """Sum gradients over ranks (each rank's loss is already divided by the global count)."""
-    if world == 1:
-        return
-    import torch.distributed as dist
-    for p in params:
-        if p.grad is None:  # unused on this rank (e.g. no image): every rank must join every all-reduce
-            p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad)
+def open_log(path: str, step: int):
+    """A JSONL log (one row a step) opened to append from `step` on. Rows of later steps, written by an interrupted
+    run after the checkpoint it resumes from, are dropped, so a resumed run's log reads as an uninterrupted one's."""
+    rows = open(path, encoding="utf-8").readlines() if os.path.exists(path) else []
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(row for row in rows if row.strip() and json.loads(row)["step"] <= step)
+    os.replace(path + ".tmp", path)
+    return open(path, "a", encoding="utf-8")
 
 
 def lr_schedule(optimizer, total_steps: int, warmup_ratio: float, decay: str = "cosine"):

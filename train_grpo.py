@@ -17,16 +17,19 @@ Choices where the paper is silent or ambiguous, each with the flag that changes 
 - Without --lora the policy is fully fine-tuned (the paper) and π_SFT is a frozen copy; with --lora a LoRA is
   trained on top of π_SFT and π_SFT is the same weights with the adapter disabled (no second copy).
 - --judge self reuses π_SFT's weights as the judge, text-only. The lr is constant after an optional warm-up.
-- bf16 as the paper says, as autocast: a fully fine-tuned policy keeps fp32 weights, since a bf16 weight cannot
-  take the updates that lr 1e-6 makes.
+- bf16 as the paper says, as mixed precision (--precision bf16, the default on GPUs that support it): autocast
+  around forward passes, fp32 weights for a fully fine-tuned policy (a bf16 weight cannot take the updates lr 1e-6
+  makes), and π_SFT in the same regime, so that before the first update r_t = 1 and KL = 0 exactly. The LM head runs
+  in fp32: log-probs, and samples, come from fp32 logits.
 - Speed without changing the math: in the loss each prompt (its image included) runs once and its KV cache serves
   its G completions (model.group_logprobs), for π_θ and π_SFT alike; with torchrun each rank takes whole groups
-  and gradients are summed over ranks before each step.
+  and gradients are summed over ranks before each step. --fsdp shards the policy and π_SFT over the ranks (FSDP2),
+  for a full fine-tune too large for one GPU.
 - The log-probs are those of π_θ itself (temperature 1); sampling at another --temperature is then off-policy.
 
     python train_grpo.py --ckpt sft_out                 # the SFT run's training data, recorded in sft_out/args.json
     python train_grpo.py --ckpt sft_out --data train.jsonl --out grpo_out
-    torchrun --nproc_per_node 8 train_grpo.py --ckpt sft_out --data train.jsonl --out grpo_out
+    torchrun --nproc_per_node 8 train_grpo.py --ckpt sft_out --out grpo_out --fsdp      # 8 GPUs, sharded
 """
 import argparse
 import json
@@ -36,6 +39,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 import data
@@ -51,7 +55,9 @@ def parse_args(argv=None):
                    "(its args.json)")
     p.add_argument("--out", default="grpo_out", help="output folder (default: %(default)s)")
     p.add_argument("--group-size", type=int, default=8, help="G completions per prompt (paper: 8)")
-    p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step; x G = global batch (paper: 64)")
+    p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step; x G = global batch (paper: 64). "
+                   "Every step takes this many: an epoch's last batch is filled up from the start of its shuffled "
+                   "order, so with torchrun each rank always samples whole groups for the same number of prompts")
     p.add_argument("--epochs", type=float, default=1, help="passes over the prompts (paper: 1)")
     p.add_argument("--lr", type=float, default=1e-6, help="AdamW learning rate (paper: 1e-6)")
     p.add_argument("--warmup-ratio", type=float, default=0.0, help="share of steps of linear warm-up (default: 0)")
@@ -78,10 +84,17 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=512, help="completion length limit (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s)")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="no end of turn before this many tokens (0: as "
+                   "π_θ decides; > 0 samples off-policy, for benchmarks that need a fixed length)")
     p.add_argument("--micro-batch", type=int, default=8, help="completions per forward in the loss, rounded to whole "
                    "groups (default: 8)")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (default: %(default)s)")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    p.add_argument("--precision", choices=["bf16", "fp32"], help="bf16: autocast over fp32 trained weights (the "
+                   "paper's bf16); default: bf16 where the GPU supports it, else fp32")
+    p.add_argument("--fsdp", action="store_true", help="shard the policy, its gradients and AdamW state, and π_SFT "
+                   "over the ranks (FSDP2; under torchrun, full fine-tuning only): a full fine-tune of the 3B model "
+                   "does not fit one 80 GB GPU replicated")
     p.add_argument("--log-samples-every", type=int, default=10, help="write completions to samples.jsonl every N "
                    "steps (0: never)")
     p.add_argument("--save-every", type=int, default=0, help="write OUT/checkpoint-STEP every N steps (0: never)")
@@ -153,7 +166,7 @@ def take(prompt: dict, rows: slice) -> dict:
     return out
 
 
-def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args, world):
+def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args):
     """μ optimizer steps on one batch of samples, accumulated over micro-batches of whole groups; returns mean KL,
     clip fraction and the last grad norm. Each prompt runs once per micro-batch and its KV cache serves its G
     completions (model.group_logprobs). The loss is divided by the global number of completions (tokens with
@@ -161,14 +174,16 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
     G = args.group_size
     per_chunk = max(1, args.micro_batch // G)  # prompts per micro-batch
     chunks = [(slice(i, i + per_chunk), slice(i * G, (i + per_chunk) * G)) for i in range(0, len(prompt["input_ids"]), per_chunk)]
-    ref = [reference_logprobs(policy, reference, take(prompt, p), ids[c], mask[c], G) for p, c in chunks]
+    with M.autocast(ids.device, args.precision):  # forward passes only, never around optimizer.step()
+        ref = [reference_logprobs(policy, reference, take(prompt, p), ids[c], mask[c], G) for p, c in chunks]
     old = [None] * len(chunks)
     count = (lambda c: float(mask[c].sum())) if args.loss_agg == "token" else (lambda c: float(len(ids[c])))
-    total = M.all_reduce_sum(sum(count(c) for _, c in chunks), world)
+    total = M.all_reduce_sum(sum(count(c) for _, c in chunks))
     stats = {"kl": 0.0, "clip_frac": 0.0}
     for _ in range(args.iterations):
         for i, (p, c) in enumerate(chunks):
-            logps = M.group_logprobs(policy, take(prompt, p), ids[c], mask[c], G)
+            with M.autocast(ids.device, args.precision):
+                logps = M.group_logprobs(policy, take(prompt, p), ids[c], mask[c], G)
             if args.ratio_ref == "old" and old[i] is None:
                 old[i] = logps.detach()  # the first pass is π_old, the sampling policy; kept for μ > 1
             loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
@@ -179,8 +194,8 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
             (loss * count(c) / total).backward()
             for k in ("kl", "clip_frac"):
                 stats[k] += s[k] * len(ids[c]) / len(ids) / args.iterations
-        M.all_reduce_grads(params, world)
-        stats["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
+        M.sync_grads(params)
+        stats["grad_norm"] = M.clip_grad_norm(params, args.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -198,78 +213,83 @@ def sft_data(ckpt: str) -> str:
 def main(argv=None):
     args = parse_args(argv)
     rank, world, device = M.init_distributed()
+    args.precision = args.precision or M.default_precision(device)
     args.data = args.data or sft_data(args.ckpt)
     records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
     G, P = args.group_size, args.prompts_per_step
     if P % world:
         raise ValueError(f"--prompts-per-step {P} must be a multiple of the world size {world}")
-    torch.manual_seed(args.seed)
+    if args.fsdp and args.lora:
+        raise SystemExit("--fsdp shards a full fine-tune; a LoRA on π_SFT fits one GPU replicated: drop one of them")
+    torch.manual_seed(args.seed + rank)  # each rank its own random stream; the weights are rank 0's (broadcast)
 
-    # ---- models: π_θ, π_SFT, the judge ----
-    # bf16 compute where supported, but fp32 weights for a fully fine-tuned policy: a bf16 weight of ~1e-2 cannot
-    # take an update of ~1e-6 (its resolution there is ~4e-5), so lr 1e-6 would change nothing
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if M.default_dtype(device) == torch.bfloat16 else nullcontext()
-    sft, processor = M.load_model(args.ckpt, device=device, dtype=None if args.lora else torch.float32,
-                                  trust_remote_code=args.trust_remote_code)
+    # ---- models: π_θ, π_SFT (in π_θ's precision regime: r_t = 1 before the first update), the judge ----
+    dtype = M.weights_dtype(args.precision, trained=not args.lora)
+    sft, processor = M.load_model(args.ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
     if args.lora:
         policy, reference = M.add_lora(sft, args.lora_r, args.lora_alpha, 0.0, args.lora_targets, args.train_vision), None
     else:
         policy = sft.requires_grad_(True)  # a merged adapter comes back frozen
-        reference = M.load_model(args.ckpt, device=device, trust_remote_code=args.trust_remote_code)[0]
+        reference = M.load_model(args.ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)[0]
         reference.requires_grad_(False)
         policy.model.visual.requires_grad_(args.train_vision)
+    if args.gradient_checkpointing:
+        policy.gradient_checkpointing_enable({"use_reentrant": False})
+        if args.lora:
+            policy.enable_input_require_grads()
+    for net in (policy, reference):
+        if net is not None:
+            M.fp32_logits(net)
+            M.broadcast_parameters(net)
+            if args.fsdp:
+                M.shard(net)
     if args.judge == "self":  # π_SFT's weights: the frozen copy, or the policy with the adapter off
         judge = rewards.Judge(policy if reference is None else reference, processor.tokenizer, max_thought_tokens=args.judge_max_tokens,
                               disable_adapter=args.lora)
     else:
-        judge = rewards.load_judge(args.judge, device=device, dtype=M.default_dtype(device), max_thought_tokens=args.judge_max_tokens,
-                                   trust_remote_code=args.trust_remote_code)
-    if args.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-        if args.lora:
-            policy.enable_input_require_grads()
+        judge = rewards.load_judge(args.judge, device=device, dtype=M.weights_dtype(args.precision, trained=False),
+                                   max_thought_tokens=args.judge_max_tokens, trust_remote_code=args.trust_remote_code)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(records) / P)
     total_steps = math.ceil(args.epochs * steps_per_epoch)
     scheduler = M.lr_schedule(optimizer, total_steps * args.iterations, args.warmup_ratio, decay="constant")
-    step = 0
-    if args.resume and M.latest_checkpoint(args.out):
-        step = M.load_checkpoint(M.latest_checkpoint(args.out), policy, optimizer, scheduler)["step"]
+    step = M.start_step(args.out, args.resume, policy, optimizer, scheduler)
     weights = dict(lambda_fmt=args.lambda_fmt, lambda_acc=args.lambda_acc, lambda_con=args.lambda_con)
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
-        metrics = open(os.path.join(args.out, "metrics.jsonl"), "a")
-        samples_log = open(os.path.join(args.out, "samples.jsonl"), "a")
+        metrics = M.open_log(os.path.join(args.out, "metrics.jsonl"), step)
+        samples_log = M.open_log(os.path.join(args.out, "samples.jsonl"), step)
         print(f"Con-GRPO: {len(records)} prompts, {total_steps} steps of {P} prompts x G={G}, "
-              f"{sum(p.numel() for p in params):,} trainable parameters, {world} process(es) on {device}")
+              f"{M.count_parameters(policy):,} parameters ({'sharded' if args.fsdp else 'replicated'}), "
+              f"{args.precision}, {world} process(es) on {device}" + (f", resumed at step {step}" if step else ""))
 
     bar = tqdm(total=total_steps, initial=step, desc="Con-GRPO", disable=rank != 0, dynamic_ncols=True)
     while step < total_steps:
-        epoch = step // steps_per_epoch
-        order = torch.randperm(len(records), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
-        batch = order[(step % steps_per_epoch) * P:(step % steps_per_epoch + 1) * P].tolist()
+        batch = data.epoch_batches(len(records), P, args.seed, step // steps_per_epoch)[step % steps_per_epoch]
         mine = [records[i] for i in batch[rank::world]]  # each rank samples whole groups for its prompts
 
-        with amp:  # bf16 compute on GPUs that support it
-            # ---- sample G completions per prompt from π_θ ----
-            t0 = time.time()
-            policy.eval()
-            prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, mine).items()}
+        # ---- sample G completions per prompt from π_θ ----
+        t0 = time.time()
+        policy.eval()
+        prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, mine).items()}
+        with M.autocast(device, args.precision), M.unsharded(policy):  # FSDP: gathered once, not once per token
             rollout = M.sample(policy, processor, prompt, group_size=G, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, top_p=args.top_p, seed=args.seed * 1_000_003 + step * world + rank)
-            ids, mask, texts = rollout["completion_ids"], rollout["completion_mask"], rollout["texts"]
-            t1 = time.time()
+                               temperature=args.temperature, top_p=args.top_p, min_new_tokens=args.min_new_tokens,
+                               seed=args.seed * 1_000_003 + step * world + rank)
+        ids, mask, texts = rollout["completion_ids"], rollout["completion_mask"], rollout["texts"]
+        t1 = time.time()
 
-            # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
+        # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
+        with M.autocast(device, args.precision), M.unsharded(judge.model):  # FSDP: ranks judge different counts
             scores = rewards.score(texts, [r for r in mine for _ in range(G)], judge, **weights)
-            advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)
-            t2 = time.time()
+        advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)
+        t2 = time.time()
 
-            # ---- loss (Eq. 8) and optimizer steps ----
-            policy.train()
-            stats = policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args, world)
+        # ---- loss (Eq. 8) and optimizer steps ----
+        policy.train()
+        stats = policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args)
         step += 1
         t3 = time.time()
 
@@ -280,7 +300,7 @@ def main(argv=None):
                  "completion_len": mask.sum(1).float().mean().item(),
                  "zero_adv_groups": (groups.max(1).values == groups.min(1).values).float().mean().item(), **stats}
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
-        row.update({k: M.all_reduce_sum(v, world) / world for k, v in local.items()})
+        row.update({k: v / world for k, v in M.all_reduce_sum(local).items()})
         row.update({"lr": scheduler.get_last_lr()[0], "t_sample": t1 - t0, "t_judge": t2 - t1, "t_loss": t3 - t2,
                     "peak_mem_gb": M.peak_memory_gb()})
         if rank == 0:
@@ -295,18 +315,19 @@ def main(argv=None):
             bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.3f}", con=f"{row['consistency_rate']:.3f}")
             bar.update(1)
         if M.checkpoint_and_stop(args.out, step, policy, optimizer, scheduler, save_every=args.save_every,
-                                 stop_after=args.stop_after, rank=rank):
+                                 stop_after=args.stop_after):
             break
     bar.close()
 
     # ---- output: π_θ as a full model (a GRPO LoRA is merged into π_SFT), loadable like any model ----
-    if rank == 0 and step == total_steps:
-        final = policy.merge_and_unload() if args.lora else policy.to(M.default_dtype(device))  # bf16 on GPUs
-        final.save_pretrained(args.out)
-        M.save_processor(processor, args.out)
-        print(f"wrote {args.out}")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    if step == total_steps:
+        final = policy.merge_and_unload() if args.lora else policy
+        M.save_model(final, args.out, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+        if rank == 0:
+            M.save_processor(processor, args.out)
+            print(f"wrote {args.out}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return policy
 
 

@@ -11,6 +11,11 @@ projections; linear warm-up over 3% of the steps then cosine decay to 0; gradien
     python train_sft.py --model Qwen/Qwen2.5-VL-3B-Instruct --data train.jsonl --out sft_out
     torchrun --nproc_per_node 8 train_sft.py --model ... --data train.jsonl --out sft_out   # same global batch
 
+bf16 as the paper says, as mixed precision (--precision bf16, the default on GPUs that support it): autocast around
+forward passes, the LoRA's base weights in bf16, trained weights in fp32, the LM head in fp32. With torchrun each
+rank takes its share of every global batch and starts from rank 0's weights; --fsdp (with --full) shards the model,
+its gradients and AdamW state over the ranks (FSDP2).
+
 The output folder holds the LoRA adapter (adapter_model.safetensors + adapter_config.json), the processor and
 args.json; `train_grpo.py --ckpt sft_out` and `evaluate.py --ckpt sft_out` read it as it is.
 
@@ -26,10 +31,10 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
 from functools import partial
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 import data
@@ -44,7 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="sft_out", help="output folder (default: %(default)s)")
     p.add_argument("--epochs", type=float, default=2, help="passes over the data (paper: 2)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (paper: 1e-4)")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch in examples (paper: 64)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch in examples (paper: 64). Every step "
+                   "takes this many: an epoch's last batch is filled up from the start of its shuffled order")
     p.add_argument("--micro-batch", type=int, default=8, help="examples per forward; the rest is accumulation")
     p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default: %(default)s)")
     p.add_argument("--warmup-ratio", type=float, default=0.03, help="share of steps of linear warm-up before "
@@ -62,6 +68,10 @@ def parse_args(argv=None):
                    "the judge prompt of rewards.py, cross-entropy of the right letter among the four given the "
                    "question, the options and the CoT. Use with --full (or --merge) and pass OUT to --judge")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    p.add_argument("--precision", choices=["bf16", "fp32"], help="bf16: autocast, the LoRA's base in bf16 and trained "
+                   "weights in fp32 (the paper's bf16); default: bf16 where the GPU supports it, else fp32")
+    p.add_argument("--fsdp", action="store_true", help="with --full under torchrun: shard the model, its gradients and "
+                   "AdamW state over the ranks (FSDP2)")
     p.add_argument("--eval-data", help="held-out JSONL for the periodic evaluation")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: never)")
     p.add_argument("--eval-samples", type=int, default=64, help="questions per evaluation (default: %(default)s)")
@@ -88,12 +98,6 @@ def judge_loss(judge, records: list[dict], n_examples: float):
                                  [r["cot"] for r in records])
     right = torch.tensor([data.LETTERS.index(r["answer"]) for r in records], device=logits.device)
     return torch.nn.functional.cross_entropy(logits.float(), right, reduction="sum") / n_examples
-
-
-def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The global batches of one epoch: a permutation seeded by (seed, epoch), so a resumed run sees the same."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
 @torch.no_grad()
@@ -131,18 +135,21 @@ def main(argv=None):
     args = parse_args(argv)
     args.data = os.path.abspath(args.data)  # recorded in args.json: train_grpo.py --ckpt OUT finds it there
     rank, world, device = M.init_distributed()
+    args.precision = args.precision or M.default_precision(device)
     records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
     if any("cot" not in r for r in records):
         missing = next(r for r in records if "cot" not in r)
-        raise ValueError(f"{args.data}: record {missing['id']!r}: cot: missing (SFT needs the CoT of every record)")
+        raise ValueError(f"{missing['where']}: cot: missing (SFT needs the CoT of every record)")
     eval_records = data.load_jsonl(args.eval_data)[:args.eval_samples] if args.eval_data else []
     if args.batch_size % (world * args.micro_batch):
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of world size x --micro-batch "
                          f"({world} x {args.micro_batch})")
-    torch.manual_seed(args.seed)
+    if args.fsdp and not args.full:
+        raise SystemExit("--fsdp shards a full fine-tune (--full); a LoRA fits one GPU replicated")
+    torch.manual_seed(args.seed + rank)  # each rank its own dropout; the weights are rank 0's (broadcast below)
 
-    # ---- model: the base, LoRA on the language model, AdamW ----
-    base, processor = M.load_model(args.model, device=device, dtype=torch.float32 if args.full else None,
+    # ---- model: the base, LoRA on the language model (or all weights with --full), AdamW ----
+    base, processor = M.load_model(args.model, device=device, dtype=M.weights_dtype(args.precision, trained=args.full),
                                    trust_remote_code=args.trust_remote_code)
     if args.full:
         policy = base.requires_grad_(True)
@@ -150,9 +157,12 @@ def main(argv=None):
     else:
         policy = M.add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets, args.train_vision)
     if args.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
+        policy.gradient_checkpointing_enable({"use_reentrant": False})
         if not args.full:
             policy.enable_input_require_grads()
+    M.broadcast_parameters(M.fp32_logits(policy))
+    if args.fsdp:
+        M.shard(policy)
     judge = rewards.Judge(policy, processor.tokenizer) if args.judge else None
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -160,77 +170,79 @@ def main(argv=None):
     steps_per_epoch = math.ceil(len(records) / args.batch_size)
     total_steps = math.ceil(args.epochs * steps_per_epoch)
     scheduler = M.lr_schedule(optimizer, total_steps, args.warmup_ratio)
-    step = 0
-    if args.resume and M.latest_checkpoint(args.out):
-        step = M.load_checkpoint(M.latest_checkpoint(args.out), policy, optimizer, scheduler)["step"]
-        if rank == 0:
-            print(f"resumed from {M.latest_checkpoint(args.out)} at step {step}")
+    step = M.start_step(args.out, args.resume, policy, optimizer, scheduler)
     stage = "Judge" if args.judge else "SFT"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if M.default_dtype(device) == torch.bfloat16 else nullcontext()
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
-        metrics = open(os.path.join(args.out, "metrics.jsonl"), "a")
-        trainable = sum(p.numel() for p in params)
+        metrics = M.open_log(os.path.join(args.out, "metrics.jsonl"), step)
+        trainable = sum(p.numel() for p in params)  # DTensors count their whole size
         print(f"{stage}: {len(records)} examples, {total_steps} steps of {args.batch_size}, {trainable:,} trainable "
-              f"parameters of {M.count_parameters(policy):,}, {world} process(es) on {device}")
+              f"parameters of {M.count_parameters(policy):,}, {args.precision}, {world} "
+              f"process(es) on {device}" + (f", resumed at step {step}" if step else ""))
 
     # ---- the loop: a global batch per step, accumulated over micro-batches ----
     bar = tqdm(total=total_steps, initial=step, desc=stage, disable=rank != 0, dynamic_ncols=True)
     while step < total_steps:
-        epoch = step // steps_per_epoch
-        batch = batches(len(records), args.batch_size, args.seed, epoch)[step % steps_per_epoch]
+        batch = data.epoch_batches(len(records), args.batch_size, args.seed, step // steps_per_epoch)[step % steps_per_epoch]
         mine = [records[i] for i in batch[rank::world]]  # each rank its share of the same global batch
         chunks = [mine[i:i + args.micro_batch] for i in range(0, len(mine), args.micro_batch)]
         t0, loss_sum = time.time(), 0.0
         if args.judge:  # one target letter per example
-            n_tokens = M.all_reduce_sum(float(len(mine)), world)
+            n_tokens = M.all_reduce_sum(float(len(mine)))
             micro = [partial(judge_loss, judge, c, n_tokens) for c in chunks]
         else:
             inputs = [(data.prompt_batch(processor, c), *data.target_batch(processor.tokenizer, c)) for c in chunks]
-            n_tokens = M.all_reduce_sum(float(sum(mask.sum() for _, _, mask in inputs)), world)
+            n_tokens = M.all_reduce_sum(float(sum(mask.sum() for _, _, mask in inputs)))
             micro = [partial(sft_loss, policy, {k: v.to(device) for k, v in prompt.items()}, ids.to(device),
                              mask.to(device), n_tokens) for prompt, ids, mask in inputs]
         for micro_loss in micro:
-            with amp:
+            with M.autocast(device, args.precision):  # forward passes only, never around optimizer.step()
                 loss = micro_loss()
             loss.backward()
             loss_sum += loss.item()
-        M.all_reduce_grads(params, world)  # each rank's loss is divided by the global token count: sum them
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
+        M.sync_grads(params)  # each rank's loss is divided by the global token count: sum them
+        grad_norm = M.clip_grad_norm(params, args.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        loss_sum = M.all_reduce_sum(loss_sum, world)
+        loss_sum = M.all_reduce_sum(loss_sum)
         seconds = time.time() - t0
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
                "grad_norm": grad_norm, ("letters_per_s" if args.judge else "tokens_per_s"): n_tokens / seconds,
                "seconds": seconds, "peak_mem_gb": M.peak_memory_gb()}
-        if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps) and rank == 0:
-            row.update(evaluate_judge(judge, eval_records, args.micro_batch) if args.judge else
-                       evaluate_sft(policy, processor, eval_records, args.micro_batch, args.max_new_tokens))
+        if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps):
+            with M.autocast(device, args.precision), M.unsharded(policy):  # every rank joins FSDP's all-gathers
+                if rank == 0 or args.fsdp:
+                    row.update(evaluate_judge(judge, eval_records, args.micro_batch) if args.judge else
+                               evaluate_sft(policy, processor, eval_records, args.micro_batch, args.max_new_tokens))
         if rank == 0:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
             bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{row['lr']:.2e}")
             bar.update(1)
         if M.checkpoint_and_stop(args.out, step, policy, optimizer, scheduler, save_every=args.save_every,
-                                 stop_after=args.stop_after, rank=rank):
+                                 stop_after=args.stop_after):
             break
     bar.close()
 
     # ---- output: the adapter (+ merged model) or the full model, the processor ----
-    if rank == 0 and step == total_steps:
-        (policy.to(M.default_dtype(device)) if args.full else policy).save_pretrained(args.out)
-        M.save_processor(processor, args.out)
+    if step == total_steps:
+        dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+        if args.full:
+            M.save_model(policy, args.out, dtype)
+        elif rank == 0:
+            policy.save_pretrained(args.out)
         if args.merge and not args.full:
-            merged = policy.merge_and_unload()
-            merged.save_pretrained(os.path.join(args.out, "merged"))
-            M.save_processor(processor, os.path.join(args.out, "merged"))
-        print(f"wrote {args.out}")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+            M.save_model(policy.merge_and_unload(), os.path.join(args.out, "merged"), dtype)
+        if rank == 0:
+            M.save_processor(processor, args.out)
+            if args.merge and not args.full:
+                M.save_processor(processor, os.path.join(args.out, "merged"))
+            print(f"wrote {args.out}")
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return policy
 
 

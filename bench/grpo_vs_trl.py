@@ -30,7 +30,7 @@ def ours(ckpt, train, args):
     train_grpo.main(["--ckpt", ckpt, "--data", train, "--out", out, "--group-size", str(args.group_size),
                      "--prompts-per-step", str(args.prompts), "--max-new-tokens", str(args.max_new_tokens),
                      "--micro-batch", "8", "--lr", "1e-6", "--beta", "0.04", "--stop-after", str(args.steps),
-                     "--log-samples-every", "0"])
+                     "--log-samples-every", "0", "--min-new-tokens", str(args.max_new_tokens)])
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     return [r["t_sample"] + r["t_judge"] + r["t_loss"] for r in rows]
 
@@ -87,9 +87,6 @@ def main():
     n_params = M.count_parameters(policy)
     del policy
     ckpt, train = os.path.join(folder, "tiny"), os.path.join(folder, "data", "train.jsonl")
-    # the same forced length for ours: generation_config's min_new_tokens applies to model.sample's generate too
-    config = json.load(open(os.path.join(ckpt, "generation_config.json")))
-    json.dump({**config, "min_new_tokens": args.max_new_tokens}, open(os.path.join(ckpt, "generation_config.json"), "w"))
     t_ours = ours(ckpt, train, args)[1:]
     t_trl = trl(ckpt, records, args)[1:]
     ratio = statistics.median(t_ours) / statistics.median(t_trl)

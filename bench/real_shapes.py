@@ -1,10 +1,14 @@
 """The real Qwen2.5-VL-3B architecture (random weights, built from its config values below, no download): peak
 memory and seconds of one SFT step (LoRA) and one Con-GRPO step (LoRA and full fine-tuning, judge self) at the
-paper's settings. Needs a GPU; on CPU it says it was skipped (--tiny runs the same code at a toy width, to check it).
+paper's settings, in train_grpo.py's precision regime (--precision bf16: autocast around forward passes, a LoRA's base
+in bf16, fully fine-tuned weights and their π_SFT in fp32, the LM head in fp32). Needs a GPU; on CPU it says it was
+skipped (--tiny runs the same code at a toy width, to check it). Full fine-tuning of the 3.75B model needs ~75 GB
+before activations: on an 80 GB GPU it reports that it does not fit (train_grpo.py --fsdp over several GPUs does).
 
     python bench/real_shapes.py [--micro-batch 8] [--group-size 8] [--prompts 8] [--max-new-tokens 256]
 """
 import argparse
+import copy
 import os
 import sys
 import time
@@ -77,18 +81,18 @@ def main():
         print("skipped: no GPU (the real 3B shapes need one; --tiny checks the code path on CPU)")
         print("skipped=1")
         return
-    dtype = M.default_dtype(device)
+    precision = M.default_precision(device) if not args.tiny else "bf16"  # --tiny: the bf16 path on CPU too
     config = Qwen2_5_VLConfig(**(TINY if args.tiny else QWEN25_VL_3B))
     torch.manual_seed(0)
     with torch.device(device):
-        net = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
+        net = Qwen2_5_VLForConditionalGeneration(config).to(M.weights_dtype(precision, trained=False))
     print(f"{'tiny' if args.tiny else 'Qwen2.5-VL-3B'} shapes: {M.count_parameters(net) / 1e9:.2f}B parameters, "
-          f"{dtype}, {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
+          f"{precision}, {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
     figures = {}
 
     # ---- SFT: one micro-batch forward + backward + AdamW step through LoRA ----
-    policy = M.add_lora(net, 16, 32, 0.05)
-    policy.gradient_checkpointing_enable()
+    policy = M.fp32_logits(M.add_lora(net, 16, 32, 0.05))
+    policy.gradient_checkpointing_enable({"use_reentrant": False})
     policy.enable_input_require_grads()
     opt = torch.optim.AdamW([q for q in policy.parameters() if q.requires_grad], lr=1e-4)
     batch = prompts(args.micro_batch, args.image_px, args.prompt_text, device)
@@ -96,7 +100,7 @@ def main():
     mask = torch.ones_like(ids)
 
     def sft_step():
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda"):
+        with M.autocast(device, precision):
             loss = -(M.completion_logprobs(policy, batch, ids, mask) * mask).sum() / mask.sum()
         loss.backward()
         opt.step()
@@ -121,12 +125,17 @@ def main():
 
     class Proc:
         tokenizer = Tok()
-    grpo_args = train_grpo.parse_args(["--data", "-", "--micro-batch", str(args.micro_batch)])
+    grpo_args = train_grpo.parse_args(["--data", "-", "--micro-batch", str(args.micro_batch), "--precision", precision])
     for mode in ("lora", "full"):
-        if mode == "full":
-            policy = policy.merge_and_unload().requires_grad_(True)
-            policy.gradient_checkpointing_enable()
-            reference = Qwen2_5_VLForConditionalGeneration(config).to(device, dtype).requires_grad_(False)
+        if mode == "full":  # π_θ and π_SFT both fp32 weights under autocast, as train_grpo.py runs them
+            del opt
+            policy = policy.merge_and_unload().float().requires_grad_(True)
+            policy.gradient_checkpointing_enable({"use_reentrant": False})
+            try:
+                reference = copy.deepcopy(policy).requires_grad_(False)
+            except torch.OutOfMemoryError:
+                print("Con-GRPO (full): π_θ and π_SFT in fp32 do not fit this GPU: use train_grpo.py --fsdp on several")
+                break
         else:
             reference = None
         params = [q for q in policy.parameters() if q.requires_grad]
@@ -136,10 +145,12 @@ def main():
 
         def grpo_step():
             policy.eval()
-            rollout = M.sample(policy, Proc(), prompt, group_size=args.group_size,
-                               max_new_tokens=args.max_new_tokens, seed=0)
+            with M.autocast(device, precision):
+                rollout = M.sample(policy, Proc(), prompt, group_size=args.group_size,
+                                   max_new_tokens=args.max_new_tokens, seed=0)
             judge_model = policy if reference is None else reference
-            with torch.no_grad(), (policy.disable_adapter() if reference is None else nullcontext()):
+            with torch.no_grad(), M.autocast(device, precision), \
+                    (policy.disable_adapter() if reference is None else nullcontext()):
                 # the judge's one forward: the question, options and thought, text only (~prompt + thought tokens)
                 n = rollout["completion_ids"].shape[0]
                 judge_ids = torch.cat([prompt["input_ids"][:1, :args.prompt_text].repeat(n, 1),
@@ -149,9 +160,13 @@ def main():
             adv = train_grpo.group_advantages(rewards, args.group_size)
             policy.train()
             train_grpo.policy_step(policy, reference, opt, sched, params, prompt,
-                                   rollout["completion_ids"], rollout["completion_mask"], adv, grpo_args, 1)
-        grpo_step()  # warm-up
-        figures[f"grpo_{mode}_step_s"], figures[f"grpo_{mode}_peak_gb"] = measure(grpo_step)
+                                   rollout["completion_ids"], rollout["completion_mask"], adv, grpo_args)
+        try:
+            grpo_step()  # warm-up
+            figures[f"grpo_{mode}_step_s"], figures[f"grpo_{mode}_peak_gb"] = measure(grpo_step)
+        except torch.OutOfMemoryError:
+            print(f"Con-GRPO ({mode}): out of GPU memory (full fine-tuning needs train_grpo.py --fsdp on several GPUs)")
+            break
         print(f"Con-GRPO ({mode}, {args.prompts} prompts x G={args.group_size} x {args.max_new_tokens} new tokens): "
               f"{figures[f'grpo_{mode}_step_s']:.2f} s, peak {figures[f'grpo_{mode}_peak_gb']:.1f} GiB")
     print(" ".join(f"{k}={v:.3f}" for k, v in figures.items()))

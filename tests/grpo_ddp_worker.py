@@ -19,9 +19,10 @@ args = train_grpo.parse_args(["--data", "-", "--micro-batch", "4", "--group-size
 params = [p for p in policy.parameters() if p.requires_grad]
 optimizer = torch.optim.SGD(params, lr=args.lr)  # plain SGD: compares gradients, not Adam's g/sqrt(v) of float noise
 scheduler = M.lr_schedule(optimizer, 10, 0.0, decay="constant")
+args.precision = "fp32"
 train_grpo.policy_step(policy, policy, optimizer, scheduler, params, prompts, roll["ids"][rows], roll["mask"][rows],
-                       roll["advantages"][rows], args, world)
+                       roll["advantages"][rows], args)
 if rank == 0:
     save_file(M.trainable_state(policy), out)
-if world > 1:
+if torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()

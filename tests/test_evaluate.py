@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 import evaluate
 
@@ -75,3 +76,12 @@ def test_an_unreadable_image_names_file_and_line(tiny_dir, synth_dir, tmp_path):
     with pytest.raises(ValueError, match=r"test.jsonl:1: image"):
         evaluate.main(["--ckpt", tiny_dir, "--data", str(folder / "test.jsonl"), "--out", str(tmp_path / "e"),
                        "--seeds", "0", "--limit", "2", "--max-new-tokens", "4"])
+
+
+def test_bf16_precision_loads_bf16_weights(tiny_dir, synth_dir, tmp_path, monkeypatch):
+    import model
+    dtypes, real = [], model.load_model
+    monkeypatch.setattr(model, "load_model", lambda *a, **k: dtypes.append(k.get("dtype")) or real(*a, **k))
+    report = evaluate.main(["--ckpt", tiny_dir, "--data", os.path.join(synth_dir, "test.jsonl"), "--out", str(tmp_path),
+                            "--seeds", "0", "--limit", "8", "--max-new-tokens", "8", "--precision", "bf16"])
+    assert dtypes == [torch.bfloat16] and report["questions"] == 8

@@ -157,11 +157,15 @@ def test_end_to_end_writes_model_metrics_and_samples(sft_out, synth_dir, tmp_pat
     assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
 
 
-def test_resume_equals_an_uninterrupted_run(sft_out, synth_dir, tmp_path):
+def test_resume_equals_an_uninterrupted_run(sft_out, synth_dir, tmp_path, monkeypatch):
     train = os.path.join(synth_dir, "train.jsonl")
     grpo(sft_out, train, tmp_path / "straight", "--lora", "--stop-after", "4")
     grpo(sft_out, train, tmp_path / "resumed", "--lora", "--stop-after", "2")
+    loads, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real(*a, **k))
     grpo(sft_out, train, tmp_path / "resumed", "--lora", "--stop-after", "4", "--resume")
+    # every rank reads to the CPU, then takes its part: nothing lands on cuda:0 for all ranks; nothing unpickled
+    assert loads and all(k.get("map_location") == "cpu" and k.get("weights_only") is True for k in loads)
     a = load_file(tmp_path / "straight" / "checkpoint-4" / "trainable.safetensors")
     b = load_file(tmp_path / "resumed" / "checkpoint-4" / "trainable.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

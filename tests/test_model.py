@@ -123,3 +123,24 @@ def test_group_logprobs_share_the_prompt_and_equal_the_repeated_path(tiny, recor
     m.train()  # checkpointing turns the KV cache off in training: the repeated path is taken
     torch.testing.assert_close(model.group_logprobs(m, prompt, ids, mask, 4).detach()[mask.bool()],
                                lp_a[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_ignores_the_checkpoints_generation_config(tiny_dir, records, tmp_path):
+    """Qwen2.5-VL-3B-Instruct ships chat settings (repetition_penalty 1.05, top_k 1, ...): rollouts and evaluation
+    must decode π_θ itself, sampled and greedy alike."""
+    import shutil
+    chatty = tmp_path / "chatty"
+    shutil.copytree(tiny_dir, chatty)
+    config = json.load(open(chatty / "generation_config.json"))
+    config.update(repetition_penalty=1.05, top_k=1, top_p=0.001, temperature=0.1, do_sample=True,
+                  no_repeat_ngram_size=2, typical_p=0.5, min_new_tokens=20, min_p=0.2, epsilon_cutoff=3e-4)
+    json.dump(config, open(chatty / "generation_config.json", "w"))
+    plain, processor = model.load_model(tiny_dir, device="cpu")
+    chat, _ = model.load_model(str(chatty), device="cpu")
+    assert chat.generation_config.repetition_penalty == 1.05  # the checkpoint's settings are loaded ...
+    prompt = data.prompt_batch(processor, records[:2])
+    for kwargs in (dict(group_size=4, seed=3), dict(greedy=True)):
+        a = model.sample(plain, processor, prompt, max_new_tokens=32, **kwargs)
+        b = model.sample(chat, processor, prompt, max_new_tokens=32, **kwargs)
+        assert torch.equal(a["completion_ids"], b["completion_ids"])  # ... and sampling ignores them
+    assert chat.generation_config.repetition_penalty == 1.05  # and keeps them for whoever else uses the model

@@ -97,3 +97,14 @@ def test_bad_data_fails_before_training(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match=r"bad.jsonl:1: image: missing"):
         run(tiny_dir, str(bad), tmp_path / "out")
     assert not os.path.exists(tmp_path / "out")
+
+
+def test_bf16_precision_trains_fp32_adapters_on_a_bf16_base(tiny_dir, eight, tmp_path):
+    policy = run(tiny_dir, eight, tmp_path, "--epochs", "2", "--batch-size", "4", "--micro-batch", "4", "--lr", "1e-2",
+                 "--precision", "bf16")
+    dtypes = {n: p.dtype for n, p in policy.named_parameters()}
+    assert all(d == torch.float32 for n, d in dtypes.items() if "lora_" in n)  # trained: fp32 master weights
+    assert any(d == torch.bfloat16 for n, d in dtypes.items() if "q_proj.base_layer" in n)  # frozen base: bf16
+    losses = [json.loads(l)["loss"] for l in open(tmp_path / "metrics.jsonl")]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert json.load(open(tmp_path / "args.json"))["precision"] == "bf16"

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one run, about 9 minutes on one H100 or H200, with a summary at the end:
+#   1. torchrun's process group under NCCL (one process): parameter broadcast, gradient sum, metric sum
+#   2. the CLI end to end at 127M parameters (synth -> model -> SFT --full -> Con-GRPO -> evaluate), then Con-GRPO
+#      for 2 steps under `torchrun --nproc_per_node 1` (NCCL), replicated and --fsdp
+#   3. train_grpo.py at Qwen2.5-VL-3B's text widths (2.27B parameters): full, LoRA and --fsdp, one step each, with
+#      the step-1 KL (0 when π_θ and π_SFT run the same computation) and peak memory
+#   4. bench/real_shapes.py: the real 3.75B shapes in train_grpo.py's precision regime
+#
+#   bash bench/gpu.sh              # from the project root on a GPU machine; logs in $OUT (default: a new temp folder)
+#   SMOKE=1 bash bench/gpu.sh      # the same steps at toy sizes on a CPU (gloo for NCCL), to check the script itself
+#
+# A GPU machine without the project's transformers (or without trl and datasets, for the benchmarks): bring wheels in
+# .whl/ (README.md, "GPU checks"); they are installed into a temporary folder and put first on PYTHONPATH.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
+PY=${PY:-python3}
+D=$(mktemp -d)
+if ls .whl/*.whl >/dev/null 2>&1; then
+  SITE=$(mktemp -d)
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" .whl/*.whl \
+    && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"  # tests/dist_worker.py imports the project's modules
+if [ -z "${SMOKE:-}" ]; then
+  N=400; PX=448; H=1024; L=8; TOK=128; BH=2048; BL=36; BHEADS=16; BTOK=192; SHAPES=""
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+else
+  N=60; PX=112; H=64; L=2; TOK=16; BH=64; BL=2; BHEADS=4; BTOK=16; SHAPES="--tiny --prompts 2 --max-new-tokens 16"
+fi
+T0=$(date +%s)
+SUMMARY=()
+run() {  # name, time limit in seconds, command...: runs it, logs it to $OUT/name.log, records ok / FAILED
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name [$(( $(date +%s) - T0 )) s]"
+  timeout "$limit" "$@" 2>&1 | grep -v "it/s\]\|s/it\]\|Warning\|warnings.warn\|Loading weights\|Writing model" | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  SUMMARY+=("$name: $([ "$rc" = 0 ] && echo ok || echo "FAILED (exit $rc)") in $(( $(date +%s) - T0 )) s")
+}
+TORCHRUN1="$PY -m torch.distributed.run --standalone --nproc_per_node 1"  # a process group of one: NCCL on a GPU
+rows() {  # the metrics of a run, a line a step, with the figures that matter here
+  $PY -c "import json,sys
+for l in open(sys.argv[1]):
+    r = json.loads(l)
+    print(' '.join(f'{k}={r[k]:.4g}' for k in ('step', 'kl', 'clip_frac', 'reward', 'completion_len', 't_sample', 't_judge', 't_loss', 'peak_mem_gb')))" "$1"
+}
+
+$PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/versions.txt"
+
+run nccl 90 $TORCHRUN1 tests/dist_worker.py "$D/w"
+
+run e2e 240 bash -c "set -e
+$PY data.py synth --out $D/data --n-images $N --size $PX --seed 0
+$PY model.py tiny --out $D/m --corpus $D/data/train.jsonl --hidden $H --layers $L --heads 16 --image-px $PX
+$PY train_sft.py --model $D/m --data $D/data/train.jsonl --out $D/sft --full --epochs 0.5 --batch-size 16 --micro-batch 16 --lr 1e-3
+$PY train_grpo.py --ckpt $D/sft --out $D/grpo --epochs 0.02 --max-new-tokens $TOK --lr 1e-5 --log-samples-every 0
+$PY evaluate.py --ckpt $D/sft $D/grpo --data $D/data/test.jsonl --out $D/eval --limit 64 --seeds 0 --max-new-tokens $TOK
+head -n 6 $D/eval/results.md
+for mode in replicated fsdp; do
+  $TORCHRUN1 train_grpo.py --ckpt $D/sft --out $D/torchrun_\$mode --stop-after 2 --max-new-tokens $TOK --lr 1e-5 \
+    --log-samples-every 0 \$([ \$mode = fsdp ] && echo --fsdp)
+done"
+for mode in replicated fsdp; do [ -f "$D/torchrun_$mode/metrics.jsonl" ] && { echo "torchrun, NCCL, $mode:"; rows "$D/torchrun_$mode/metrics.jsonl"; } | tee -a "$OUT/e2e.log"; done
+
+# 8 prompts, one step of 8 x G=8 each run
+head -n 8 "$D/data/train.jsonl" > "$D/data/eight.jsonl"
+run widths_model 240 $PY model.py tiny --out "$D/big" --corpus "$D/data/train.jsonl" --hidden $BH --layers $BL --heads $BHEADS --image-px $PX
+BIG="--ckpt $D/big --data $D/data/eight.jsonl --epochs 1 --max-new-tokens $BTOK --log-samples-every 0 --lr 1e-6 ${SMOKE:+--precision bf16}"
+run widths_full 150 $PY train_grpo.py $BIG --out "$D/big_full"
+run widths_lora 120 $PY train_grpo.py $BIG --out "$D/big_lora" --lora
+run widths_fsdp 150 $TORCHRUN1 train_grpo.py $BIG --out "$D/big_fsdp" --fsdp
+run real_shapes 180 $PY bench/real_shapes.py $SHAPES
+
+echo "== summary [$(( $(date +%s) - T0 )) s] (logs in $OUT)" | tee "$OUT/summary.txt"
+{
+  cat "$OUT/versions.txt"; [ -f "$OUT/gpu.txt" ] && cat "$OUT/gpu.txt"
+  printf '%s\n' "${SUMMARY[@]}"
+  grep -h "broadcast, gradient sum" "$OUT/nccl.log"
+  for mode in replicated fsdp; do [ -f "$D/torchrun_$mode/metrics.jsonl" ] && { echo "2 steps under torchrun (NCCL), $mode:"; rows "$D/torchrun_$mode/metrics.jsonl"; }; done
+  for mode in full lora fsdp; do [ -f "$D/big_$mode/metrics.jsonl" ] && { echo "Qwen2.5-VL-3B text widths, $mode, step 1:"; rows "$D/big_$mode/metrics.jsonl"; }; done
+  grep -h "Con-GRPO (\|SFT (\|shapes:" "$OUT/real_shapes.log"
+} | tee -a "$OUT/summary.txt"

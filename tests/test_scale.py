@@ -1,0 +1,277 @@
+"""The GPU path's logic on a CPU: the bf16 precision regime, collectives, FSDP2, full batches on every rank, and
+resume under torchrun (gloo stands in for NCCL, autocast on CPU for autocast on GPUs)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+import data
+import model as M
+import train_grpo
+import train_sft
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def torchrun(script, *args, nproc=2):
+    """Run a script under torchrun with `nproc` gloo processes; fail with the end of its output."""
+    from test_sft import free_port
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                           "--master_port", str(free_port()), os.path.join(ROOT, script), *map(str, args)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def five(synth_dir):
+    """Five training questions: with 2 prompts a step the epoch's last batch has one, which two ranks cannot share."""
+    records = [json.loads(line) for line in open(os.path.join(synth_dir, "train.jsonl"))][:5]
+    path = os.path.join(synth_dir, "five.jsonl")
+    data.write_jsonl(path, records)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sft5(tiny_dir, five, tmp_path_factory):
+    """A LoRA SFT that nearly learned the five: its sampled groups get unequal rewards, so GRPO steps move weights."""
+    out = tmp_path_factory.mktemp("sft5")
+    train_sft.main(["--model", tiny_dir, "--data", five, "--out", str(out), "--epochs", "15", "--batch-size", "4",
+                    "--micro-batch", "4", "--lr", "1e-2", "--lora-r", "32", "--lora-alpha", "64", "--lora-dropout", "0",
+                    "--warmup-ratio", "0"])
+    return str(out)
+
+
+def grpo_args(ckpt, data_path, out, *extra):
+    return ["--ckpt", ckpt, "--data", data_path, "--out", str(out), "--group-size", "4", "--prompts-per-step", "2",
+            "--max-new-tokens", "96", "--micro-batch", "4", "--lr", "1e-3", *extra]
+
+
+def metrics(out):
+    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+# ---- precision: π_θ and π_SFT in one regime, autocast around forward passes only ----
+
+def test_the_lm_head_gives_fp32_logits_under_autocast(tiny, records):
+    m, processor = tiny
+    prompt = data.prompt_batch(processor, records[:2])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = m(**prompt, logits_to_keep=1).logits
+        M.fp32_logits(m)
+        fp32 = m(**prompt, logits_to_keep=1, output_hidden_states=True)
+    assert bf16.dtype == torch.bfloat16 and fp32.logits.dtype == torch.float32
+    exact = fp32.hidden_states[-1][:, -1:].float() @ m.lm_head.weight.float().T
+    torch.testing.assert_close(fp32.logits, exact, atol=1e-5, rtol=1e-5)
+    assert (bf16.float() - exact).abs().max() > 1e-3  # what the bf16 head loses
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_before_the_first_update_the_ratio_is_one_and_the_kl_zero_under_bf16(sft5, five, tmp_path, mode):
+    train_grpo.main(grpo_args(sft5, five, tmp_path, "--precision", "bf16", "--stop-after", "1",
+                              *(["--lora"] if mode == "lora" else [])))
+    first = metrics(tmp_path)[0]
+    assert first["kl"] == 0.0 and first["clip_frac"] == 0.0  # the same computation: exactly 0, not merely < 1e-6
+    assert first["zero_adv_groups"] < 1  # rewards differ within a group: the step has a gradient
+
+
+def test_a_bf16_copy_of_pi_sft_would_not_be_the_policy_under_autocast(sft5, records):
+    """Why π_SFT runs in the policy's regime (fp32 weights under autocast), not as a cheaper bf16 copy."""
+    fp32, processor = M.load_model(sft5, device="cpu", dtype=torch.float32)
+    bf16, _ = M.load_model(sft5, device="cpu", dtype=torch.bfloat16)
+    prompt = data.prompt_batch(processor, records[:2])
+    ids, mask = data.target_batch(processor.tokenizer, records[:2])
+    with torch.no_grad(), M.autocast("cpu", "bf16"):
+        a, b = (M.group_logprobs(net, prompt, ids, mask, 1) for net in (fp32, bf16))
+    assert (a - b)[mask.bool()].abs().max() > 1e-3  # measured 3e-3 here; 3.7 nats of KL on a random 2.27B model
+
+
+def test_the_second_iteration_sees_the_updated_weights_under_bf16(tiny_dir, records):
+    """μ = 2: the second pass must score the samples with the weights the first optimizer step made (a random
+    model: its four samples differ, so the advantages give a gradient)."""
+    policy, processor = M.load_model(tiny_dir, device="cpu", dtype=torch.float32)
+    policy.requires_grad_(True)
+    prompt = data.prompt_batch(processor, records[:1])
+    rollout = M.sample(policy, processor, prompt, group_size=4, max_new_tokens=24, seed=0)
+    ids, mask = rollout["completion_ids"], rollout["completion_mask"]
+    args = train_grpo.parse_args(["--data", "-", "--group-size", "4", "--micro-batch", "4", "--iterations", "2",
+                                  "--ratio-ref", "old", "--precision", "bf16", "--lr", "1e-2"])
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr)
+    seen = []
+    original = train_grpo.grpo_loss
+    train_grpo.grpo_loss = lambda logps, *a, **k: seen.append(logps.detach()) or original(logps, *a, **k)
+    try:
+        train_grpo.policy_step(policy, policy, optimizer, M.lr_schedule(optimizer, 4, 0.0, "constant"), params,
+                               prompt, ids, mask, torch.tensor([1.0, -1.0, 0.5, -0.5]), args)
+        with M.autocast("cpu", "bf16"):
+            after = M.group_logprobs(policy, prompt, ids, mask, 4).detach()  # π_θ after both steps
+    finally:
+        train_grpo.grpo_loss = original
+    assert len(seen) == 2 and not torch.equal(seen[0], seen[1])
+    # and the second pass is what a fresh forward after one step gives: rerun the first step alone
+    fresh, _ = M.load_model(tiny_dir, device="cpu", dtype=torch.float32)
+    fresh.requires_grad_(True)
+    params = [p for p in fresh.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr)
+    args.iterations = 1
+    train_grpo.policy_step(fresh, fresh, optimizer, M.lr_schedule(optimizer, 4, 0.0, "constant"), params, prompt, ids,
+                           mask, torch.tensor([1.0, -1.0, 0.5, -0.5]), args)
+    with M.autocast("cpu", "bf16"):
+        one_step = M.group_logprobs(fresh, prompt, ids, mask, 4).detach()
+    torch.testing.assert_close(seen[1], one_step)
+    assert not torch.equal(after, seen[1])
+
+
+# ---- collectives ----
+
+@pytest.fixture()
+def group_of_one():
+    """A real process group of one process (gloo), as `torchrun --nproc_per_node 1` makes."""
+    from test_sft import free_port
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+class Reduced(Exception):
+    pass
+
+
+def test_collectives_run_in_a_group_of_one_process(group_of_one, monkeypatch):
+    calls = []
+    real = dist.all_reduce
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: calls.append(t.device) or real(t, *a, **k))
+    assert M.all_reduce_sum({"a": 1.5, "b": 2.0}) == {"a": 1.5, "b": 2.0} and M.all_reduce_sum(3.0) == 3.0
+    net = torch.nn.Linear(2, 2)
+    net(torch.ones(1, 2)).sum().backward()
+    M.sync_grads(list(net.parameters()))
+    assert len(calls) == 4  # two sums, two gradients: NCCL runs even on one GPU, as on eight
+
+
+def test_collectives_take_tensors_on_the_groups_device(group_of_one, monkeypatch):
+    """NCCL reduces CUDA tensors only. A CPU build has no CUDA tensor, so the group's device is faked as `meta` and
+    a fake all_reduce checks where each tensor lives."""
+    monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert M.group_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(M, "group_device", lambda: torch.device("meta"))
+    seen = []
+
+    def fake_all_reduce(t, *a, **k):
+        seen.append(t.device)
+        raise Reduced
+
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    with pytest.raises(Reduced):
+        M.all_reduce_sum({"loss": 1.0})
+    with pytest.raises(Reduced):
+        M.sync_grads([torch.nn.Parameter(torch.zeros(2, device="meta"))])  # a parameter on the GPU: its grad there
+    assert seen == [torch.device("meta")] * 2
+
+
+def test_every_rank_starts_from_rank_0s_weights(tmp_path):
+    torchrun("tests/dist_worker.py", tmp_path / "w")
+    a, b = load_file(tmp_path / "w-0.safetensors"), load_file(tmp_path / "w-1.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same weights, and the same summed gradient
+    torch.manual_seed(1)
+    assert not torch.equal(torch.nn.Linear(4, 8).weight, a["0.weight"])  # rank 1's own seed was overridden
+    assert a["summed"].tolist() == [2.0, 1.0]
+
+
+# ---- full batches on every rank, FSDP2 ----
+
+def test_epoch_batches_are_full_and_wrap_the_tail():
+    batches = data.epoch_batches(5, 2, seed=0, epoch=0)
+    assert len(batches) == 3 and all(len(b) == 2 for b in batches)
+    assert sorted(sum(batches, [])[:5]) == list(range(5))  # every item once, then the first ones again
+    assert sum(batches, [])[5:] == sum(batches, [])[:1]
+    assert data.epoch_batches(5, 2, 0, 1) != batches and data.epoch_batches(5, 2, 0, 0) == batches
+    assert data.epoch_batches(1, 4, 0, 0) == [[0, 0, 0, 0]]
+
+
+@pytest.fixture(scope="module")
+def two_rank_runs(sft5, five, tmp_path_factory):
+    """One epoch over five prompts on two ranks, replicated and with FSDP: 3 steps, the last wrapped."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    for name, extra in (("replicated", []), ("fsdp", ["--fsdp", "--save-every", "1"])):
+        torchrun("train_grpo.py", *grpo_args(sft5, five, out / name, *extra))
+    return out
+
+
+def test_no_rank_is_left_without_prompts_at_the_end_of_an_epoch(two_rank_runs):
+    rows = metrics(two_rank_runs / "replicated")
+    assert [r["step"] for r in rows] == [1, 2, 3] and os.path.isfile(two_rank_runs / "replicated" / "model.safetensors")
+
+
+def test_fsdp_ends_with_the_replicated_runs_weights(two_rank_runs, sft5):
+    a = load_file(two_rank_runs / "fsdp" / "model.safetensors")
+    b = load_file(two_rank_runs / "replicated" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    start, _ = M.load_model(sft5, device="cpu")
+    loaded, _ = M.load_model(str(two_rank_runs / "fsdp"), device="cpu")  # a plain save_pretrained folder
+    moved = [n for n, p in loaded.named_parameters() if not torch.equal(p, start.get_parameter(n))]
+    assert moved  # the three steps trained
+    assert [r["kl"] for r in metrics(two_rank_runs / "fsdp")] == pytest.approx(
+        [r["kl"] for r in metrics(two_rank_runs / "replicated")], abs=1e-7)
+
+
+def test_an_fsdp_run_resumes_from_its_sharded_checkpoint(two_rank_runs, sft5, five, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(two_rank_runs / "fsdp" / "checkpoint-1", out / "checkpoint-1")
+    assert sorted(os.listdir(out / "checkpoint-1")) == ["optimizer.pt", "rng-0.pt", "rng-1.pt", "state.pt",
+                                                        "trainable.safetensors"]
+    torchrun("train_grpo.py", *grpo_args(sft5, five, out, "--fsdp", "--resume"))
+    a, b = load_file(out / "model.safetensors"), load_file(two_rank_runs / "fsdp" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    assert [r["step"] for r in metrics(out)] == [2, 3]
+
+
+def test_sft_with_fsdp_equals_replicated(tiny_dir, synth_dir, tmp_path):
+    args = ["--model", tiny_dir, "--data", os.path.join(synth_dir, "train.jsonl"), "--full", "--epochs", "1",
+            "--batch-size", "16", "--micro-batch", "4", "--lr", "1e-3", "--stop-after", "2"]
+    torchrun("train_sft.py", *args, "--out", tmp_path / "replicated")
+    torchrun("train_sft.py", *args, "--out", tmp_path / "fsdp", "--fsdp")
+    a = load_file(tmp_path / "replicated" / "checkpoint-2" / "trainable.safetensors")
+    b = load_file(tmp_path / "fsdp" / "checkpoint-2" / "trainable.safetensors")
+    assert a.keys() == b.keys() and len(a) > 20
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    losses = [[r["loss"] for r in metrics(tmp_path / d)] for d in ("replicated", "fsdp")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+# ---- resume under torchrun ----
+
+def test_resume_under_torchrun_restores_each_ranks_random_state(tiny_dir, synth_dir, tmp_path):
+    """Each rank draws its own LoRA dropout masks; a resumed run must go on with each rank's own stream."""
+    args = ["--model", tiny_dir, "--data", os.path.join(synth_dir, "train.jsonl"), "--epochs", "1", "--batch-size", "8",
+            "--micro-batch", "4", "--lr", "1e-3", "--lora-r", "8", "--lora-alpha", "16", "--lora-dropout", "0.3"]
+    torchrun("train_sft.py", *args, "--out", tmp_path / "straight", "--stop-after", "4")
+    torchrun("train_sft.py", *args, "--out", tmp_path / "resumed", "--stop-after", "2")
+    torchrun("train_sft.py", *args, "--out", tmp_path / "resumed", "--stop-after", "4", "--resume")
+    a = load_file(tmp_path / "straight" / "checkpoint-4" / "trainable.safetensors")
+    b = load_file(tmp_path / "resumed" / "checkpoint-4" / "trainable.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
+    rng = [torch.load(tmp_path / "straight" / "checkpoint-4" / f"rng-{r}.pt", weights_only=True)["cpu"] for r in (0, 1)]
+    assert not torch.equal(*rng)  # the ranks' streams differ: restoring rank 0's on rank 1 would be wrong
+
+
+def test_resume_without_a_checkpoint_says_so_and_a_new_run_keeps_off_an_old_one(sft5, five, tmp_path):
+    with pytest.raises(SystemExit, match="holds no complete checkpoint"):
+        train_grpo.main(grpo_args(sft5, five, tmp_path, "--resume"))
+    assert not os.path.exists(tmp_path / "metrics.jsonl")
+    train_grpo.main(grpo_args(sft5, five, tmp_path, "--stop-after", "1"))
+    with pytest.raises(SystemExit, match="checkpoint-1 of an earlier run: pass --resume"):
+        train_grpo.main(grpo_args(sft5, five, tmp_path))
