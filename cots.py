@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 
-from PIL import Image
 from tqdm import tqdm
 
 import data
@@ -31,10 +30,13 @@ def parse_args(argv=None):
                    "the CoTs and judges them")
     p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per description and per CoT (default: 256)")
+    p.add_argument("--max-pixels", type=int, default=M.MAX_PIXELS, help="larger images are resized down to this many "
+                   "pixels, aspect kept (default: %(default)s = 1,280 image tokens of 28x28; a lower bound of the "
+                   "checkpoint's processor stays)")
     return p.parse_args(argv)
 
 
-def model_cots(records: list[dict], folder: str, policy, processor, batch_size: int = 8,
+def model_cots(records: list[dict], policy, processor, batch_size: int = 8,
                max_new_tokens: int = 256) -> list[dict]:
     """The records whose model-written CoT the judge follows to the right letter, each with that CoT."""
     judge = rewards.Judge(policy, processor.tokenizer)
@@ -50,7 +52,7 @@ def model_cots(records: list[dict], folder: str, policy, processor, batch_size: 
     kept, descriptions = [], {}
     for i in tqdm(range(0, len(records), batch_size), desc="CoT by model"):
         chunk = records[i:i + batch_size]
-        images = [Image.open(os.path.join(folder, r["image"])).convert("RGB") for r in chunk]
+        images = [data.load_image(r) for r in chunk]
         new = sorted({r["image"] for r in chunk} - set(descriptions))  # each image described once
         if new:
             paths = [r["image"] for r in chunk]
@@ -69,8 +71,8 @@ def main(argv=None) -> dict:
     if not splits:
         raise SystemExit(f"{args.data}: no train.jsonl or test.jsonl; write them with `python data.py build` first")
     records = {s: data.load_jsonl(os.path.join(args.data, f"{s}.jsonl")) for s in splits}  # all validated first
-    policy, processor = M.load_model(args.cot_model)
-    kept = {s: model_cots(records[s], args.data, policy, processor, args.batch_size, args.max_new_tokens)
+    policy, processor = M.load_model(args.cot_model, max_pixels=args.max_pixels)
+    kept = {s: model_cots(records[s], policy, processor, args.batch_size, args.max_new_tokens)
             for s in splits}
     for s in splits:
         data.write_jsonl(os.path.join(args.data, f"{s}.cot.jsonl"), kept[s])

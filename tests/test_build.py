@@ -98,7 +98,7 @@ def test_largest_component_not_the_first_decides_the_region(tmp_path):
 
 @pytest.mark.parametrize("row, field, words", [
     (dict(image="missing.png", source="s", modality="MRI", anatomy="Brain", anomaly="no"), "image", "file not found"),
-    (dict(image="broken.png", source="s", modality="MRI", anatomy="Brain", anomaly="no"), "image", "not a readable"),
+    (dict(image="broken.png", source="s", modality="MRI", anatomy="Brain", anomaly="no"), "image", "not a decodable"),
     (dict(image="img.png", mask="small.png", source="s", modality="MRI", anatomy="Brain", anomaly="yes"), "mask",
      "differs from the image"),
     (dict(image="img.png", mask="empty.png", source="s", modality="MRI", anatomy="Brain", anomaly="yes"), "mask",
@@ -114,11 +114,51 @@ def test_each_bad_row_names_manifest_line_and_field_and_nothing_is_written(tmp_p
     assert not os.path.exists(tmp_path / "out")
 
 
-def test_too_few_values_for_four_options_is_an_error(tmp_path):
+def test_too_few_values_without_the_builtin_vocabulary_is_an_error(tmp_path):
     path, _ = write_manifest(tmp_path, [dict(image="img.png", source="s", modality="MRI", anatomy="Brain",
                                              anomaly="no")], vocab_rows=False)
-    with pytest.raises(ValueError, match="anatomy: only 1 distinct values"):
-        data.build(path, str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="anatomy: only 1 distinct values .*drop --no-builtin-vocab"):
+        data.build(path, str(tmp_path / "out"), builtin_vocab=False)
+
+
+def test_one_modality_and_one_anatomy_take_distractors_from_medad38ks_vocabulary(tmp_path):
+    """A brain MRI collection: one modality, one anatomy, two pathologies (as most real sets are)."""
+    rows = [dict(image="img16.png", mask="lesion.png", source="s", modality="mri", anatomy="brain", anomaly="yes",
+                 pathology=p, patient=f"p{i}") for i, p in enumerate(["Glioma", "Meningioma"] * 4)]
+    rows += [dict(image="img.png", source="s", modality="mri", anatomy="brain", anomaly="no", patient=f"q{i}")
+             for i in range(4)]
+    path, _ = write_manifest(tmp_path, rows, vocab_rows=False)
+    summary = data.build(path, str(tmp_path / "out"), seed=0, vocab={"pathology": ["Metastasis"]})
+    sources = summary["distractor_sources"]
+    assert sources["modality"]["manifest"] == ["mri"] and "MRI" not in sources["modality"]["built-in"]
+    assert sources["anatomy"]["manifest"] == ["brain"] and "Liver" in sources["anatomy"]["built-in"]
+    assert sources["pathology"] == {"manifest": ["Glioma", "Meningioma"], "--vocab": ["Metastasis"],
+                                    "built-in": [p for p in data.BUILTIN_VOCAB["pathology"] if p != "Glioma"]}
+    records = data.load_jsonl(str(tmp_path / "out" / "train.jsonl")) + data.load_jsonl(str(tmp_path / "out" / "test.jsonl"))
+    assert {r["task"] for r in records} == set(data.TASKS)
+    for r in records:  # the answer once, never again as a synonym in other case ("mri" and "MRI")
+        assert len({data.same_text(o) for o in r["options"]}) == 4
+        assert truth(r) in {"mri", "brain", "Glioma", "Meningioma"} | set(data.ANOMALY_OPTIONS) | set(data.REGIONS)
+
+
+def test_a_manifest_with_a_byte_order_mark_and_one_with_a_latin1_byte(tmp_path):
+    path, line = write_manifest(tmp_path, [])
+    text = open(path, encoding="utf-8").read()
+    open(path, "w", encoding="utf-8-sig").write(text)
+    assert data.build(path, str(tmp_path / "ok"))["images"] == 4
+    open(path, "wb").write(text.replace("Brain", "Br\xe4in").encode("latin-1"))
+    with pytest.raises(ValueError, match=r"m.csv:2: -: not UTF-8"):
+        data.build(path, str(tmp_path / "bad"))
+    assert not os.path.exists(tmp_path / "bad")
+
+
+def test_the_builder_writes_what_training_reads(tmp_path):
+    path, _ = write_manifest(tmp_path, [dict(image="img16.png", source="s", modality="CT", anatomy="Liver",
+                                             anomaly="no", patient="p")])
+    data.build(path, str(tmp_path / "out"), test_frac=0.0)
+    record = next(r for r in data.load_jsonl(str(tmp_path / "out" / "train.jsonl")) if "img16" in r["image"])
+    written = np.asarray(data.load_image(record))
+    assert np.array_equal(written, np.asarray(data.read_image(str(tmp_path / "img16.png"))))
 
 
 def test_cot_model_writes_cots_and_keeps_only_those_the_judge_follows(manifest, tiny_dir, tmp_path):

@@ -16,6 +16,10 @@ GOOD = {"id": "x-1", "image": "img.png", "task": "anomaly", "question": "Is ther
 def write_lines(tmp_path, lines):
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tmp_path / "img.png")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "whole.png")
+    whole = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(whole[:len(whole) // 2])
     path = tmp_path / "q.jsonl"
     path.write_text("\n".join(l if isinstance(l, str) else json.dumps(l) for l in lines) + "\n")
     return str(path)
@@ -26,12 +30,18 @@ def write_lines(tmp_path, lines):
     ({k: v for k, v in GOOD.items() if k != "question"}, "question", "missing"),
     ({**GOOD, "options": "A, B, C, D"}, "options", "must be a list"),
     ({**GOOD, "task": "segmentation"}, "task", "unknown task"),
-    ({**GOOD, "options": ["a", "b", "c"]}, "options", "exactly 4 distinct"),
-    ({**GOOD, "options": ["a", "b", "c", "a"]}, "options", "exactly 4 distinct"),
-    ({**GOOD, "answer": "E"}, "answer", "one of A, B, C, D"),
+    ({**GOOD, "options": ["a", "b", "c"]}, "options", "exactly 4 non-empty"),
+    ({**GOOD, "options": ["a", "b", "c", "a"]}, "options", "4 distinct options"),
+    ({**GOOD, "options": ["Brain", "Liver", "brain", "Lung"]}, "options", "4 distinct options, case and spaces aside"),
+    ({**GOOD, "options": ["Lymph Node", "Liver", "lymph  node ", "Lung"]}, "options", "4 distinct options"),
+    ({**GOOD, "answer": "E"}, "answer", "one letter of A, B, C, D"),
+    ({**GOOD, "answer": "AB"}, "answer", "one letter of A, B, C, D"),  # `in "ABCD"` let these through
+    ({**GOOD, "answer": "ABCD"}, "answer", "one letter of A, B, C, D"),
+    ({**GOOD, "answer": ""}, "answer", "one letter of A, B, C, D"),
     ({**GOOD, "answer": 1}, "answer", "must be a str"),
     ({**GOOD, "image": "nowhere.png"}, "image", "file not found"),
     ({**GOOD, "image": "broken.png"}, "image", "not a decodable image"),
+    ({**GOOD, "image": "truncated.png"}, "image", "not a decodable image"),  # a valid header, half the data
     ({**GOOD, "mask": "nowhere.png"}, "mask", "file not found"),
 ])
 def test_each_malformed_line_names_file_line_and_field(tmp_path, bad, field, words):
@@ -41,14 +51,55 @@ def test_each_malformed_line_names_file_line_and_field(tmp_path, bad, field, wor
     assert f"{path}:2: {field}: " in str(e.value) and words in str(e.value)
 
 
-def test_every_bad_line_is_reported_and_nothing_written(tmp_path):
-    path = write_lines(tmp_path, [{**GOOD, "answer": "Z"}, GOOD, "[1, 2]", {**GOOD, "task": "x"}])
-    before = sorted(os.listdir(tmp_path))
+def test_every_bad_line_is_reported_in_line_order(tmp_path):
+    path = write_lines(tmp_path, [{**GOOD, "image": "broken.png"}, GOOD, "[1, 2]", {**GOOD, "task": "x"}])
     with pytest.raises(ValueError) as e:
         data.load_jsonl(path)
     msg = str(e.value)
-    assert f"{path}:1: answer" in msg and f"{path}:3: -" in msg and f"{path}:4: task" in msg and ":2:" not in msg
-    assert sorted(os.listdir(tmp_path)) == before
+    assert msg.index(f"{path}:1: image") < msg.index(f"{path}:3: -") < msg.index(f"{path}:4: task") and ":2:" not in msg
+
+
+def test_a_byte_order_mark_is_read_and_a_non_utf8_byte_named(tmp_path):
+    path = write_lines(tmp_path, [GOOD, GOOD])
+    text = open(path, encoding="utf-8").read()
+    open(path, "w", encoding="utf-8-sig").write(text)  # as Windows editors and pandas' utf-8-sig save it
+    assert len(data.load_jsonl(path)) == 2
+    lines = open(path, "rb").read().split(b"\n")
+    lines[1] = lines[1].replace("Is there".encode(), "Is th\xe9re".encode("latin-1"))  # a Latin-1 export
+    open(path, "wb").write(b"\n".join(lines))
+    with pytest.raises(ValueError, match=rf"{path}:2: -: not UTF-8 \(byte 0xe9"):
+        data.load_jsonl(path)
+
+
+def ramp16(H=64, W=256):
+    return (np.arange(W, dtype=np.uint32)[None].repeat(H, 0) * 65535 // (W - 1)).astype(np.uint16)
+
+
+@pytest.mark.parametrize("kind", ["L", "I;16", "RGB", "RGBA", "LA", "P"])
+def test_one_image_reader_for_every_kind_of_image(tmp_path, kind):
+    ramp8 = (ramp16() >> 8).astype(np.uint8)
+    image = {"L": Image.fromarray(ramp8), "I;16": Image.fromarray(ramp16()),
+             "RGB": Image.fromarray(np.stack([ramp8] * 3, -1)),
+             "RGBA": Image.fromarray(np.stack([ramp8] * 3 + [np.where(ramp8 > 127, 255, 0).astype(np.uint8)], -1)),
+             "LA": Image.fromarray(np.stack([ramp8, np.where(ramp8 > 127, 255, 0).astype(np.uint8)], -1)),
+             "P": Image.fromarray(np.stack([ramp8] * 3, -1)).convert("P", palette=Image.Palette.ADAPTIVE)}[kind]
+    image.save(tmp_path / "x.png")
+    got = np.asarray(data.read_image(str(tmp_path / "x.png")))
+    assert got.shape == (64, 256, 3) and got.dtype == np.uint8
+    grey = got.mean(-1)
+    if kind in ("RGBA", "LA"):  # transparent pixels over black, opaque ones as they are
+        assert (grey[:, :120] == 0).all() and grey[:, 140:].min() > 130
+    else:  # the ramp survives: dark on the left, bright on the right, no band saturated
+        assert grey[:, 0].max() < 10 and grey[:, -1].min() > 245 and (grey == 255).mean() < 0.02
+
+
+def test_16bit_images_are_windowed_not_clipped_and_as_the_builder_writes_them(tmp_path):
+    Image.fromarray(ramp16()).save(tmp_path / "ct.png")
+    with Image.open(tmp_path / "ct.png") as im:
+        clipped = np.asarray(im.convert("RGB"))
+    assert (clipped == 255).mean() > 0.9  # what convert("RGB") does with 16-bit data
+    got = np.asarray(data.read_image(str(tmp_path / "ct.png")))
+    assert (got == 255).mean() < 0.02 and len(np.unique(got)) > 200
 
 
 def test_valid_records_resolve_image_paths(tmp_path):
