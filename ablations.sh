@@ -12,8 +12,8 @@ OUT=${OUT:-runs/demo}
 A="$OUT/ablations"
 export HF_HUB_OFFLINE=1
 GRPO="--data $OUT/data/train.jsonl --judge $OUT/judge --epochs 0.1 --max-new-tokens 64 --lr 3e-4"
-run() {  # name, checkpoint, extra flags
-  [ -f "$A/$1/config.json" ] || python train_grpo.py --ckpt "$2" --out "$A/$1" $GRPO "${@:3}"
+run() {  # name, checkpoint, extra flags; a run is done when its DONE marker, written last, is there
+  [ -f "$A/$1/DONE" ] || python train_grpo.py --ckpt "$2" --out "$A/$1" $GRPO "${@:3}"
 }
 run full "$OUT/sft"
 run rl-only "$OUT/tiny"

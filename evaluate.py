@@ -49,6 +49,9 @@ def parse_args(argv=None):
                    "its own thoughts, text-only), 'none', or one model folder / hub id for every row")
     p.add_argument("--judge-max-tokens", type=int, default=768, help="thought tokens the judge reads (the end)")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N questions only (0: all)")
+    p.add_argument("--max-pixels", type=int, default=M.MAX_PIXELS, help="larger images are resized down to this many "
+                   "pixels, aspect kept (default: %(default)s = 1,280 image tokens of 28x28; a lower bound of the "
+                   "checkpoint's processor stays)")
     p.add_argument("--precision", choices=["bf16", "fp32"], help="weights of the models and judges; default: bf16 "
                    "where the GPU supports it, else fp32")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code from the hub")
@@ -58,7 +61,9 @@ def parse_args(argv=None):
 # ---- metrics: pure functions of the predictions ----
 
 def rate(rows, key):
-    return float(np.mean([r[key] for r in rows])) if rows else None
+    """The mean of a key over rows that have it (None: not measured, as the consistency without a judge)."""
+    values = [r[key] for r in rows if r[key] is not None]
+    return float(np.mean(values)) if values else None
 
 
 def metrics(rows: list[dict]) -> dict:
@@ -170,9 +175,10 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     results, predictions = [], []
     for name, ckpt in zip(names, args.ckpt):
-        policy, processor = M.load_model(ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
-        judge = {"self": rewards.Judge(policy, processor.tokenizer, max_thought_tokens=args.judge_max_tokens),
-                 "none": None}.get(args.judge, fixed_judge)
+        policy, processor = M.load_model(ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code,
+                                         max_pixels=args.max_pixels)
+        judge = rewards.Judge(policy, processor.tokenizer, max_thought_tokens=args.judge_max_tokens) \
+            if args.judge == "self" else fixed_judge  # None with --judge none: no consistency column
         per_seed, t0 = [], time.time()
         for seed in tqdm(args.seeds, desc=f"evaluate {name}", dynamic_ncols=True):
             rows = answer(policy, processor, judge, records, seed, args)

@@ -24,6 +24,7 @@ from transformers import (AutoModelForImageTextToText, AutoProcessor, AutoTokeni
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
+MAX_PIXELS = 1280 * 28 * 28  # 1,003,520 pixels: at most 1,280 image tokens a picture (--max-pixels)
 # The special tokens of Qwen2.5-VL, in Qwen's order (ids follow the BPE vocabulary, as in Qwen's tokenizer).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
@@ -72,8 +73,9 @@ def default_dtype(device) -> torch.dtype:
     return torch.bfloat16 if default_precision(device) == "bf16" else torch.float32
 
 
-def load_processor(path: str, trust_remote_code: bool = False):
-    """The processor of a hub id or folder, left-padded; AutoProcessor where torchvision exists, else the PIL one."""
+def load_processor(path: str, trust_remote_code: bool = False, max_pixels: int | None = None):
+    """The processor of a hub id or folder, left-padded; AutoProcessor where torchvision exists, else the PIL one.
+    With max_pixels, larger images are resized down to at most that many pixels (limit_pixels)."""
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, padding_side="left")
     except (ImportError, OSError, ValueError, TypeError, AttributeError):
@@ -83,7 +85,20 @@ def load_processor(path: str, trust_remote_code: bool = False):
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
         processor = ImageOnlyProcessor(image_processor, tokenizer, chat_template=_chat_template(path, tokenizer))
     processor.tokenizer.padding_side = "left"  # batched generation needs left padding
+    if max_pixels:
+        limit_pixels(processor, max_pixels)
     return processor
+
+
+def limit_pixels(processor, max_pixels: int):
+    """Images larger than max_pixels are resized down (aspect kept) to at most that many pixels, one image token per
+    28x28: a 2048x2048 slice would otherwise be ~5,300 tokens, prefilled for every one of G samples. The processor's
+    own bound stays when it is lower (the tiny model's 112x112)."""
+    size = processor.image_processor.size
+    if max_pixels < size["shortest_edge"]:
+        raise ValueError(f"--max-pixels {max_pixels} is below the processor's smallest image ({size['shortest_edge']} "
+                         "pixels)")
+    size["longest_edge"] = min(size["longest_edge"], max_pixels)
 
 
 def _chat_template(path, tokenizer):
@@ -106,7 +121,7 @@ def adapter_base(path: str) -> str | None:
 
 
 def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | None = None, merge: bool = True,
-               trust_remote_code: bool = False):
+               trust_remote_code: bool = False, max_pixels: int | None = None):
     """Load (model, processor) from a hub id, a model folder, or a PEFT adapter folder (base + adapter).
 
     An adapter is merged into the base weights unless `merge=False` (then a PeftModel is returned).
@@ -126,7 +141,7 @@ def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | Non
         if merge:
             model = model.merge_and_unload()
     has_processor = glob.glob(os.path.join(path, "tokenizer*")) if os.path.isdir(path) else True
-    processor = load_processor(path if has_processor else base, trust_remote_code)
+    processor = load_processor(path if has_processor else base, trust_remote_code, max_pixels)
     return model.to(device).eval(), processor
 
 
@@ -425,12 +440,37 @@ def trainable_state(model) -> dict:
     return full_state(model, trained_only=True)
 
 
-def save_model(model, out: str, dtype: torch.dtype):
-    """The final model as a plain Hugging Face folder in `dtype` (save_pretrained: it loads with from_pretrained and
-    with load_model). Every rank calls it: under FSDP the shards are gathered to rank 0, which writes."""
-    state = {n: t.to(dtype) for n, t in full_state(model).items()}
+def save_model(out: str, model, processor, dtype: torch.dtype):
+    """The run's final output in OUT: a plain Hugging Face folder (save_pretrained, weights in `dtype`; a PEFT model
+    writes its adapter) with the processor, loadable by from_pretrained and load_model. Every rank calls it: under
+    FSDP the shards are gathered to rank 0, which writes. A crash never leaves half of it: the files are written to
+    a temporary folder, then moved into OUT one by one (each move atomic; the config last, so a half-moved folder does
+    not load). mark_done then says the run finished."""
+    adapter = hasattr(model, "peft_config")
+    state = None if adapter else {n: t.to(dtype) for n, t in full_state(model).items()}
+    if get_rank() != 0:
+        return
+    tmp = os.path.join(out, ".final.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, **({} if adapter else {"state_dict": state}))
+        save_processor(processor, tmp)
+        for name in sorted(os.listdir(tmp), key=lambda name: name in ("config.json", "adapter_config.json")):
+            os.replace(os.path.join(tmp, name), os.path.join(out, name))
+        os.rmdir(tmp)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"writing the final model to {out}: {e}. Its newest complete checkpoint is "
+                      f"{latest_checkpoint(out)}: make room and run again with --resume") from e
+
+
+def mark_done(out: str):
+    """OUT/DONE, written last (by rank 0): the run finished and its outputs are complete (ablations.sh skips such
+    runs). start_step removes it when a run starts again in OUT."""
     if get_rank() == 0:
-        model.save_pretrained(out, state_dict=state)
+        with open(os.path.join(out, "DONE.tmp"), "w") as f:
+            f.write("finished: the outputs in this folder are complete\n")
+        os.replace(os.path.join(out, "DONE.tmp"), os.path.join(out, "DONE"))
 
 
 def _rng_state() -> dict:
@@ -457,12 +497,20 @@ def save_checkpoint(out: str, step: int, model, optimizer, scheduler, **extra) -
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     barrier()
-    torch.save(_rng_state(), os.path.join(tmp, f"rng-{rank}.pt"))
-    if rank == 0:
-        save_file(weights, os.path.join(tmp, "trainable.safetensors"))
-        torch.save(optim, os.path.join(tmp, "optimizer.pt"))
-        torch.save({"step": step, "scheduler": scheduler.state_dict(), "extra": extra}, os.path.join(tmp, "state.pt"))
-    barrier()
+    error = None
+    try:
+        torch.save(_rng_state(), os.path.join(tmp, f"rng-{rank}.pt"))
+        if rank == 0:
+            save_file(weights, os.path.join(tmp, "trainable.safetensors"))
+            torch.save(optim, os.path.join(tmp, "optimizer.pt"))
+            torch.save({"step": step, "scheduler": scheduler.state_dict(), "extra": extra}, os.path.join(tmp, "state.pt"))
+    except OSError as e:  # a full disk, say
+        error = e
+    if all_reduce_sum(float(error is not None)):  # every rank learns of it: none waits for the others forever
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"writing {final}: {error or 'failed on another rank'}. The newest complete checkpoint is still "
+                      f"{latest_checkpoint(out)}: make room and run again with --resume") from error
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -518,7 +566,8 @@ def load_checkpoint(path: str, model, optimizer, scheduler) -> dict:
 
 def start_step(out: str, resume: bool, model, optimizer, scheduler) -> int:
     """The step a run starts from: with --resume the newest complete checkpoint in `out`, restored (an error when
-    there is none); else 0, refusing an `out` that holds an earlier run's checkpoints."""
+    there is none); else 0, refusing an `out` that holds an earlier run's checkpoints. OUT/DONE of an earlier
+    finished run goes: this one is not finished yet."""
     path = latest_checkpoint(out)
     if resume and path is None:
         raise SystemExit(f"--resume: {out} holds no complete checkpoint (checkpoint-STEP/); run without --resume to "
@@ -526,6 +575,8 @@ def start_step(out: str, resume: bool, model, optimizer, scheduler) -> int:
     if not resume and path is not None:
         raise SystemExit(f"{out} holds {os.path.basename(path)} of an earlier run: pass --resume to continue it, or "
                          "give another --out")
+    if get_rank() == 0 and os.path.exists(os.path.join(out, "DONE")):
+        os.remove(os.path.join(out, "DONE"))  # a run under way is not finished: mark_done writes it again
     return load_checkpoint(path, model, optimizer, scheduler)["step"] if resume else 0
 
 

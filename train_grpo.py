@@ -95,6 +95,9 @@ def parse_args(argv=None):
     p.add_argument("--fsdp", action="store_true", help="shard the policy, its gradients and AdamW state, and π_SFT "
                    "over the ranks (FSDP2; under torchrun, full fine-tuning only): a full fine-tune of the 3B model "
                    "does not fit one 80 GB GPU replicated")
+    p.add_argument("--max-pixels", type=int, default=M.MAX_PIXELS, help="larger images are resized down to this many "
+                   "pixels, aspect kept (default: %(default)s = 1,280 image tokens of 28x28; a lower bound of the "
+                   "checkpoint's processor stays)")
     p.add_argument("--log-samples-every", type=int, default=10, help="write completions to samples.jsonl every N "
                    "steps (0: never)")
     p.add_argument("--save-every", type=int, default=0, help="write OUT/checkpoint-STEP every N steps (0: never)")
@@ -225,7 +228,8 @@ def main(argv=None):
 
     # ---- models: π_θ, π_SFT (in π_θ's precision regime: r_t = 1 before the first update), the judge ----
     dtype = M.weights_dtype(args.precision, trained=not args.lora)
-    sft, processor = M.load_model(args.ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    sft, processor = M.load_model(args.ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code,
+                                  max_pixels=args.max_pixels)
     if args.lora:
         policy, reference = M.add_lora(sft, args.lora_r, args.lora_alpha, 0.0, args.lora_targets, args.train_vision), None
     else:
@@ -321,10 +325,10 @@ def main(argv=None):
 
     # ---- output: π_θ as a full model (a GRPO LoRA is merged into π_SFT), loadable like any model ----
     if step == total_steps:
-        final = policy.merge_and_unload() if args.lora else policy
-        M.save_model(final, args.out, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+        M.save_model(args.out, policy.merge_and_unload() if args.lora else policy, processor,
+                     torch.bfloat16 if args.precision == "bf16" else torch.float32)
+        M.mark_done(args.out)
         if rank == 0:
-            M.save_processor(processor, args.out)
             print(f"wrote {args.out}")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -72,6 +72,9 @@ def parse_args(argv=None):
                    "weights in fp32 (the paper's bf16); default: bf16 where the GPU supports it, else fp32")
     p.add_argument("--fsdp", action="store_true", help="with --full under torchrun: shard the model, its gradients and "
                    "AdamW state over the ranks (FSDP2)")
+    p.add_argument("--max-pixels", type=int, default=M.MAX_PIXELS, help="larger images are resized down to this many "
+                   "pixels, aspect kept (default: %(default)s = 1,280 image tokens of 28x28; a lower bound of the "
+                   "checkpoint's processor stays)")
     p.add_argument("--eval-data", help="held-out JSONL for the periodic evaluation")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: never)")
     p.add_argument("--eval-samples", type=int, default=64, help="questions per evaluation (default: %(default)s)")
@@ -150,7 +153,7 @@ def main(argv=None):
 
     # ---- model: the base, LoRA on the language model (or all weights with --full), AdamW ----
     base, processor = M.load_model(args.model, device=device, dtype=M.weights_dtype(args.precision, trained=args.full),
-                                   trust_remote_code=args.trust_remote_code)
+                                   trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels)
     if args.full:
         policy = base.requires_grad_(True)
         policy.model.visual.requires_grad_(args.train_vision)
@@ -230,16 +233,12 @@ def main(argv=None):
     # ---- output: the adapter (+ merged model) or the full model, the processor ----
     if step == total_steps:
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-        if args.full:
-            M.save_model(policy, args.out, dtype)
-        elif rank == 0:
-            policy.save_pretrained(args.out)
+        M.save_model(args.out, policy, processor, dtype)  # the adapter, or the full model with --full
         if args.merge and not args.full:
-            M.save_model(policy.merge_and_unload(), os.path.join(args.out, "merged"), dtype)
+            os.makedirs(os.path.join(args.out, "merged"), exist_ok=True)
+            M.save_model(os.path.join(args.out, "merged"), policy.merge_and_unload(), processor, dtype)
+        M.mark_done(args.out)
         if rank == 0:
-            M.save_processor(processor, args.out)
-            if args.merge and not args.full:
-                M.save_processor(processor, os.path.join(args.out, "merged"))
             print(f"wrote {args.out}")
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 
@@ -35,3 +36,23 @@ def records(synth_dir):
 @pytest.fixture()
 def tiny(tiny_dir):
     return model.load_model(tiny_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def five(synth_dir):
+    """Five training questions: with 2 prompts a step the epoch's last batch has one, which two ranks cannot share."""
+    records = [json.loads(line) for line in open(os.path.join(synth_dir, "train.jsonl"))][:5]
+    path = os.path.join(synth_dir, "five.jsonl")
+    data.write_jsonl(path, records)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sft5(tiny_dir, five, tmp_path_factory):
+    """A LoRA SFT that nearly learned the five: its sampled groups get unequal rewards, so GRPO steps move weights."""
+    import train_sft
+    out = tmp_path_factory.mktemp("sft5")
+    train_sft.main(["--model", tiny_dir, "--data", five, "--out", str(out), "--epochs", "15", "--batch-size", "4",
+                    "--micro-batch", "4", "--lr", "1e-2", "--lora-r", "32", "--lora-alpha", "64", "--lora-dropout", "0",
+                    "--warmup-ratio", "0"])
+    return str(out)

@@ -85,3 +85,17 @@ def test_bf16_precision_loads_bf16_weights(tiny_dir, synth_dir, tmp_path, monkey
     report = evaluate.main(["--ckpt", tiny_dir, "--data", os.path.join(synth_dir, "test.jsonl"), "--out", str(tmp_path),
                             "--seeds", "0", "--limit", "8", "--max-new-tokens", "8", "--precision", "bf16"])
     assert dtypes == [torch.bfloat16] and report["questions"] == 8
+
+
+def test_judge_none_builds_no_judge_and_leaves_the_consistency_blank(tiny_dir, synth_dir, tmp_path, monkeypatch):
+    import rewards
+    built = []
+    monkeypatch.setattr(rewards.Judge, "__init__", lambda self, *a, **k: built.append(a))
+    report = evaluate.main(["--ckpt", tiny_dir, "--data", os.path.join(synth_dir, "test.jsonl"), "--out", str(tmp_path),
+                            "--seeds", "0", "1", "--limit", "6", "--max-new-tokens", "8", "--judge", "none"])
+    assert built == []
+    result = report["results"][0]
+    assert result["mean"]["consistency_rate"] is None and result["mean"]["format_rate"] is not None
+    extra = open(tmp_path / "results.md").read().split("## Beyond the paper")[1].splitlines()
+    header, row = extra[2].split(" | "), extra[4].split(" | ")
+    assert row[header.index("Consistency")] == "–"

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from helpers import ENV, ROOT, torchrun
 from safetensors.torch import load_file
 
 import data
@@ -52,13 +53,17 @@ def test_clipping_on_each_side(log_ratio, adv, clipped):
     assert (logps.grad.abs().item() == 0) == clipped and stats["clip_frac"] == float(clipped)
 
 
-def test_kl_is_k3_and_weighted_by_beta():
-    ref, logps = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
-    d = ref - logps
-    kl = (torch.exp(d) - d - 1)
-    loss, stats = grpo_loss(logps, ref, torch.tensor([0.0]), torch.ones(1, 2), beta=0.04)
-    assert loss.item() == pytest.approx(0.04 * kl.mean().item(), rel=1e-5)
-    assert stats["kl"] == pytest.approx(kl.mean().item(), rel=1e-5)
+def test_the_kl_term_estimates_the_exact_kl_to_pi_sft():
+    """At tokens drawn from π_θ, the per-token KL of Eq. 8 (k3) averages to the exact KL(π_θ || π_SFT). On a
+    categorical whose probabilities are multiples of 1/8, eight tokens in those proportions give the expectation
+    exactly; the exact KL comes from torch.distributions, not from the implementation's formula."""
+    p, q = torch.tensor([0.5, 0.25, 0.125, 0.125]), torch.tensor([0.1, 0.2, 0.3, 0.4])
+    tokens = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3])  # p's proportions
+    logps, ref = p.log()[tokens].unsqueeze(0), q.log()[tokens].unsqueeze(0)
+    exact = torch.distributions.kl_divergence(torch.distributions.Categorical(p), torch.distributions.Categorical(q))
+    loss, stats = grpo_loss(logps, ref, torch.tensor([0.0]), torch.ones(1, 8), beta=0.04, agg="token")
+    assert stats["kl"] == pytest.approx(exact.item(), rel=1e-5) and exact.item() > 0.3
+    assert loss.item() == pytest.approx(0.04 * exact.item(), rel=1e-5)  # Â = 0: the loss is β·KL alone
 
 
 def test_masked_tokens_change_nothing():
@@ -175,21 +180,16 @@ def test_resume_equals_an_uninterrupted_run(sft_out, synth_dir, tmp_path, monkey
 
 @pytest.mark.parametrize("loss_agg", ["seq", "token"])
 def test_two_gloo_processes_take_the_same_step_as_one(sft_out, records, tmp_path, loss_agg):
-    from test_sft import ROOT, free_port
     policy, processor = model.load_model(sft_out, device="cpu")
     prompt = data.prompt_batch(processor, records[:2])
     rollout = model.sample(policy, processor, prompt, group_size=4, max_new_tokens=12, seed=0)
     torch.save({"prompts": prompt, "ids": rollout["completion_ids"],
                 "mask": rollout["completion_mask"], "advantages": torch.tensor([1.0, -1, 0.5, -0.5, 0.2, 0.3, -0.9, 0.4])},
                tmp_path / "rollouts.pt")
-    worker = os.path.join(ROOT, "tests", "grpo_ddp_worker.py")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     common = [sft_out, str(tmp_path / "rollouts.pt")]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    str(free_port()), worker, *common, str(tmp_path / "ddp.safetensors"), loss_agg],
-                   check=True, env=env, cwd=ROOT, capture_output=True)
-    subprocess.run([sys.executable, worker, *common, str(tmp_path / "one.safetensors"), loss_agg],
-                   check=True, env=env, cwd=ROOT, capture_output=True)
+    torchrun("tests/grpo_ddp_worker.py", *common, tmp_path / "ddp.safetensors", loss_agg)
+    subprocess.run([sys.executable, os.path.join(ROOT, "tests", "grpo_ddp_worker.py"), *common,
+                    str(tmp_path / "one.safetensors"), loss_agg], check=True, env=ENV, cwd=ROOT, capture_output=True)
     a, b = load_file(tmp_path / "ddp.safetensors"), load_file(tmp_path / "one.safetensors")
     before = model.trainable_state(policy.requires_grad_(True))
     assert any(not torch.equal(a[k], before[k]) for k in a)  # the step moved the weights

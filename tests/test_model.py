@@ -119,10 +119,77 @@ def test_group_logprobs_share_the_prompt_and_equal_the_repeated_path(tiny, recor
     (lp_a, g_a), (lp_b, g_b) = results
     torch.testing.assert_close(lp_a[mask.bool()], lp_b[mask.bool()], atol=1e-5, rtol=1e-5)
     assert ((g_a - g_b).norm() / g_a.norm()).item() < 1e-5
+
+
+def rows_through(m, fn):
+    """(rows of images through the vision tower, (batch, length) of each pass through the first decoder layer)."""
+    images, layer = [], []
+    hooks = [m.model.visual.register_forward_pre_hook(lambda mod, a, kw: images.append(int(kw["grid_thw"].shape[0])),
+                                                      with_kwargs=True),
+             m.model.language_model.layers[0].register_forward_hook(lambda mod, a, out: layer.append(tuple(a[0].shape[:2])))]
+    try:
+        fn()
+    finally:
+        for h in hooks:
+            h.remove()
+    return images, layer
+
+
+def test_group_logprobs_run_each_prompt_once_per_group(tiny, records):
+    m, processor = tiny
+    prompt = data.prompt_batch(processor, records[:3])
+    rollout = model.sample(m, processor, prompt, group_size=4, max_new_tokens=16, seed=1)
+    ids, mask = rollout["completion_ids"], rollout["completion_mask"]
+    P, T = prompt["input_ids"].shape[1], ids.shape[1]
+    images, layer = rows_through(m, lambda: model.group_logprobs(m, prompt, ids, mask, 4))
+    assert images == [3] and layer == [(3, P), (12, T - 1)]  # 3 prompts once, then their 12 completions
+    images, layer = rows_through(m, lambda: model.completion_logprobs(m, model.repeat_prompts(prompt, 4), ids, mask))
+    assert images == [12] and layer == [(12, P + T)]  # the plain path: every prompt 4 times
     m.gradient_checkpointing_enable()
-    m.train()  # checkpointing turns the KV cache off in training: the repeated path is taken
-    torch.testing.assert_close(model.group_logprobs(m, prompt, ids, mask, 4).detach()[mask.bool()],
-                               lp_a[mask.bool()], atol=1e-5, rtol=1e-5)
+    m.train()  # no KV cache under checkpointing in training: group_logprobs falls back to the plain path
+    images, layer = rows_through(m, lambda: model.group_logprobs(m, prompt, ids, mask, 4))
+    assert images == [12] and layer == [(12, P + T)]
+
+
+def test_images_of_different_sizes_in_one_batch(tiny_dir, records, tmp_path):
+    """Patches sliced per image and rotary positions per row: each prompt scores as it does alone."""
+    import numpy as np
+    from PIL import Image
+    m, processor = model.load_model(tiny_dir, device="cpu")
+    sizes = [(112, 112), (56, 112), (112, 28)]  # 16, 8 and 4 image tokens
+    rs = []
+    for i, (w, h) in enumerate(sizes):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+        rs.append({**records[i], "image_path": str(path)})
+    prompt = data.prompt_batch(processor, rs)
+    assert prompt["image_grid_thw"].prod(1).tolist() == [64, 32, 16]
+    rollout = model.sample(m, processor, prompt, group_size=2, max_new_tokens=12, seed=0)
+    ids, mask = rollout["completion_ids"], rollout["completion_mask"]
+    with torch.no_grad():
+        together = model.group_logprobs(m, prompt, ids, mask, 2)
+        for i in range(3):
+            alone = data.prompt_batch(processor, rs[i:i + 1])
+            one = model.group_logprobs(m, alone, ids[2 * i:2 * i + 2], mask[2 * i:2 * i + 2], 2)
+            keep = mask[2 * i:2 * i + 2].bool()
+            torch.testing.assert_close(together[2 * i:2 * i + 2][keep], one[keep], atol=1e-5, rtol=1e-5)
+    import train_grpo
+    middle = train_grpo.take(prompt, slice(1, 2))
+    assert torch.equal(middle["pixel_values"], prompt["pixel_values"][64:96]) and middle["image_grid_thw"].tolist() == [[1, 8, 4]]
+
+
+def test_max_pixels_bounds_the_image_tokens(tiny_dir, records, tmp_path):
+    import numpy as np
+    import pytest
+    from PIL import Image
+    Image.fromarray(np.zeros((2048, 2048, 3), np.uint8)).save(tmp_path / "big.png")
+    big = {**records[0], "image_path": str(tmp_path / "big.png")}
+    tokens = lambda processor: int(data.prompt_batch(processor, [big])["image_grid_thw"].prod()) // 4  # noqa: E731
+    assert tokens(model.load_processor(tiny_dir)) == 16  # the tiny processor's own bound: 112x112
+    assert tokens(model.load_processor(tiny_dir, max_pixels=56 * 56)) == 4
+    assert tokens(model.load_processor(tiny_dir, max_pixels=model.MAX_PIXELS)) == 16  # a lower own bound stays
+    with pytest.raises(ValueError, match="below the processor's smallest image"):
+        model.load_processor(tiny_dir, max_pixels=100)
 
 
 def test_sampling_ignores_the_checkpoints_generation_config(tiny_dir, records, tmp_path):

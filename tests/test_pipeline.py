@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import torch
 
 import data
 import evaluate
@@ -30,6 +31,11 @@ def test_sft_beats_the_untrained_model_and_the_pipeline_runs_end_to_end(tmp_path
     assert sft["format_rate"] > 0.8 > untrained["format_rate"]  # measured: 0.91 and 0.0
     assert sft["overall"] > max(untrained["overall"], 0.25) + 0.05, (sft["overall"], untrained["overall"])  # 0.41, 0.0
     assert os.path.isfile(tmp_path / "grpo" / "model.safetensors") and results["grpo"]["format_rate"] > 0.5
+    rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
+    assert any(r["zero_adv_groups"] < 1 for r in rows) and rows[-1]["kl"] > 0  # rewards differed; π_θ left π_SFT
+    grpo, sft = model.load_model(str(tmp_path / "grpo"), device="cpu")[0], model.load_model(str(tmp_path / "sft"), device="cpu")[0]
+    moved = [n for n, p in grpo.named_parameters() if not torch.equal(p, sft.get_parameter(n))]
+    assert moved and all("visual" not in n for n in moved)  # the language model trained, the vision tower frozen
     judge, held_out = rewards.load_judge(str(tmp_path / "judge")), data.load_jsonl(test)
     letters = judge([r["question"] for r in held_out], [r["options"] for r in held_out], [r["cot"] for r in held_out])
     assert np.mean([a == r["answer"] for a, r in zip(letters, held_out)]) > 0.5  # the gold CoTs' letter; measured 0.74

@@ -1,62 +1,17 @@
 """The GPU path's logic on a CPU: the bf16 precision regime, collectives, FSDP2, full batches on every rank, and
 resume under torchrun (gloo stands in for NCCL, autocast on CPU for autocast on GPUs)."""
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import free_port, grpo_args, metrics, torchrun
 from safetensors.torch import load_file
 
 import data
 import model as M
 import train_grpo
-import train_sft
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def torchrun(script, *args, nproc=2):
-    """Run a script under torchrun with `nproc` gloo processes; fail with the end of its output."""
-    from test_sft import free_port
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                           "--master_port", str(free_port()), os.path.join(ROOT, script), *map(str, args)],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
-@pytest.fixture(scope="module")
-def five(synth_dir):
-    """Five training questions: with 2 prompts a step the epoch's last batch has one, which two ranks cannot share."""
-    records = [json.loads(line) for line in open(os.path.join(synth_dir, "train.jsonl"))][:5]
-    path = os.path.join(synth_dir, "five.jsonl")
-    data.write_jsonl(path, records)
-    return path
-
-
-@pytest.fixture(scope="module")
-def sft5(tiny_dir, five, tmp_path_factory):
-    """A LoRA SFT that nearly learned the five: its sampled groups get unequal rewards, so GRPO steps move weights."""
-    out = tmp_path_factory.mktemp("sft5")
-    train_sft.main(["--model", tiny_dir, "--data", five, "--out", str(out), "--epochs", "15", "--batch-size", "4",
-                    "--micro-batch", "4", "--lr", "1e-2", "--lora-r", "32", "--lora-alpha", "64", "--lora-dropout", "0",
-                    "--warmup-ratio", "0"])
-    return str(out)
-
-
-def grpo_args(ckpt, data_path, out, *extra):
-    return ["--ckpt", ckpt, "--data", data_path, "--out", str(out), "--group-size", "4", "--prompts-per-step", "2",
-            "--max-new-tokens", "96", "--micro-batch", "4", "--lr", "1e-3", *extra]
-
-
-def metrics(out):
-    return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-
 
 # ---- precision: π_θ and π_SFT in one regime, autocast around forward passes only ----
 
@@ -135,7 +90,6 @@ def test_the_second_iteration_sees_the_updated_weights_under_bf16(tiny_dir, reco
 @pytest.fixture()
 def group_of_one():
     """A real process group of one process (gloo), as `torchrun --nproc_per_node 1` makes."""
-    from test_sft import free_port
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()

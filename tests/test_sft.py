@@ -1,19 +1,16 @@
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from helpers import ENV, ROOT, torchrun
 from safetensors.torch import load_file
 
 import data
 import model
 import train_sft
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
 def eight(synth_dir, tmp_path_factory):
@@ -67,22 +64,13 @@ def test_resume_equals_an_uninterrupted_run(tiny_dir, synth_dir, tmp_path):
     assert any(not torch.equal(a[k], base[k]) for k in a)  # the second half did train
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_equal_one(tiny_dir, synth_dir, tmp_path):
     train = os.path.join(synth_dir, "train.jsonl")
     args = ["--model", tiny_dir, "--data", train, "--epochs", "1", "--batch-size", "16", "--micro-batch", "4",
             "--lr", "1e-3", "--lora-dropout", "0", "--lora-r", "8", "--lora-alpha", "16", "--stop-after", "3"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    str(free_port()), os.path.join(ROOT, "train_sft.py"), *args, "--out", str(tmp_path / "ddp")],
-                   check=True, env=env, cwd=ROOT, capture_output=True)
+    torchrun("train_sft.py", *args, "--out", tmp_path / "ddp")
     subprocess.run([sys.executable, os.path.join(ROOT, "train_sft.py"), *args, "--out", str(tmp_path / "one")],
-                   check=True, env=env, cwd=ROOT, capture_output=True)
+                   check=True, env=ENV, cwd=ROOT, capture_output=True)
     a = load_file(tmp_path / "ddp" / "checkpoint-3" / "trainable.safetensors")
     b = load_file(tmp_path / "one" / "checkpoint-3" / "trainable.safetensors")
     for k in a:
