@@ -78,9 +78,11 @@ class Judge:
     model is judged with its adapter off: `--judge self` with a GRPO LoRA reuses π_SFT's weights, no second copy.
     """
 
-    def __init__(self, model, tokenizer, *, max_thought_tokens: int = 768, disable_adapter: bool = False):
+    def __init__(self, model, tokenizer, *, max_thought_tokens: int = 768, disable_adapter: bool = False,
+                 batch_tokens: int = 65536):
         self.model, self.tokenizer = model, tokenizer
         self.max_thought_tokens, self.disable_adapter = max_thought_tokens, disable_adapter
+        self.batch_tokens = batch_tokens  # rows x padded length of one forward: a bound on the judge's memory
         self.letter_ids = self._letter_ids()
 
     def _letter_ids(self) -> list[int]:
@@ -107,10 +109,19 @@ class Judge:
             self.tokenizer.decode(ids[-self.max_thought_tokens:])  # keep the end: the conclusion
 
     def letter_logits(self, questions: list[str], options: list[list[str]], thoughts: list[str]) -> torch.Tensor:
-        """The next-token logits of the four letters after each judge prompt, [N, 4], in one batched forward
-        (with gradients when enabled: `train_sft.py --judge` trains a judge on them)."""
+        """The next-token logits of the four letters after each judge prompt, [N, 4], batched: as many rows a forward
+        as keep rows x padded length within batch_tokens (with gradients when enabled: `train_sft.py --judge` trains
+        a judge on them)."""
         rows = [self._context(judge_prompt(self.tokenizer, q, o, self._truncate(t)))
                 for q, o, t in zip(questions, options, thoughts)]
+        chunks, start = [], 0
+        for end in range(1, len(rows) + 1):  # consecutive rows while (rows) x (longest) fits
+            if end == len(rows) or (end + 1 - start) * max(map(len, rows[start:end + 1])) > self.batch_tokens:
+                chunks.append(rows[start:end])
+                start = end
+        return torch.cat([self._forward(chunk) for chunk in chunks])
+
+    def _forward(self, rows: list[list[int]]) -> torch.Tensor:
         T = max(map(len, rows))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows])  # left padding: the last position is real
@@ -124,7 +135,7 @@ class Judge:
 
     @torch.no_grad()
     def __call__(self, questions: list[str], options: list[list[str]], thoughts: list[str]) -> list[str]:
-        """One letter per thought, from one batched forward pass."""
+        """One letter per thought, from batched forward passes."""
         if not thoughts:
             return []
         return [LETTERS[i] for i in self.letter_logits(questions, options, thoughts).argmax(-1).tolist()]

@@ -104,6 +104,8 @@ def parse_args(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT")
     p.add_argument("--stop-after", type=int, default=0, help="stop after this step, with a checkpoint, as if "
                    "interrupted (0: run to the end); the schedule is unchanged")
+    p.add_argument("--profile", action="store_true", help="profile steps 2-3 with torch.profiler: OUT/profile.txt "
+                   "(the operators that took the most time) and OUT/trace.json")
     p.add_argument("--seed", type=int, default=0, help="seed of prompt order and sampling")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code from the hub")
     return p.parse_args(argv)
@@ -143,10 +145,10 @@ def grpo_loss(logps, ref_logps, advantages, mask, *, epsilon: float = 0.2, beta:
         loss = (per_token * mask).sum(1).mean()
     else:
         raise ValueError(f"unknown loss aggregation {agg!r}: seq, token or sum")
-    with torch.no_grad():
+    with torch.no_grad():  # 0-d tensors: read once a step, not a host sync per micro-batch
         clipped = ((ratio < 1 - epsilon) & (A < 0)) | ((ratio > 1 + epsilon) & (A > 0))
-        stats = {"kl": ((kl * mask).sum() / mask.sum().clamp(min=1)).item(),
-                 "clip_frac": ((clipped * mask).sum() / mask.sum().clamp(min=1)).item()}
+        stats = {"kl": (kl * mask).sum() / mask.sum().clamp(min=1),
+                 "clip_frac": (clipped * mask).sum() / mask.sum().clamp(min=1)}
     return loss, stats
 
 
@@ -180,10 +182,11 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
     with M.autocast(ids.device, args.precision):  # forward passes only, never around optimizer.step()
         ref = [reference_logprobs(policy, reference, take(prompt, p), ids[c], mask[c], G) for p, c in chunks]
     old = [None] * len(chunks)
-    count = (lambda c: float(mask[c].sum())) if args.loss_agg == "token" else (lambda c: float(len(ids[c])))
-    total = M.all_reduce_sum(sum(count(c) for _, c in chunks))
+    count = (lambda c: mask[c].sum()) if args.loss_agg == "token" else (lambda c: len(ids[c]))
+    total = M.all_reduce_sum(float(sum(count(c) for _, c in chunks)))
     stats = {"kl": 0.0, "clip_frac": 0.0}
     for _ in range(args.iterations):
+        total_loss = 0.0
         for i, (p, c) in enumerate(chunks):
             with M.autocast(ids.device, args.precision):
                 logps = M.group_logprobs(policy, take(prompt, p), ids[c], mask[c], G)
@@ -191,18 +194,21 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
                 old[i] = logps.detach()  # the first pass is π_old, the sampling policy; kept for μ > 1
             loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
                                 old_logps=old[i], agg=args.loss_agg)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss is {loss.item()}: stopping before the update. The last good "
-                                         f"checkpoint is {M.latest_checkpoint(args.out)}; try a lower --lr")
-            (loss * count(c) / total).backward()
+            loss = loss * count(c) / total
+            loss.backward()
+            total_loss = total_loss + loss.detach()
             for k in ("kl", "clip_frac"):
-                stats[k] += s[k] * len(ids[c]) / len(ids) / args.iterations
+                stats[k] = stats[k] + s[k] * len(ids[c]) / len(ids) / args.iterations
+        if M.all_reduce_sum(float(not torch.isfinite(total_loss))):  # one host sync an update; every rank stops
+            raise FloatingPointError(f"the loss is not finite on some rank ({float(total_loss)} here): stopping before "
+                                     f"the update. The last good checkpoint is {M.latest_checkpoint(args.out)}; "
+                                     "try a lower --lr")
         M.sync_grads(params)
         stats["grad_norm"] = M.clip_grad_norm(params, args.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return stats
+    return {k: float(v) for k, v in stats.items()}
 
 
 def sft_data(ckpt: str) -> str:
@@ -270,6 +276,7 @@ def main(argv=None):
               f"{args.precision}, {world} process(es) on {device}" + (f", resumed at step {step}" if step else ""))
 
     bar = tqdm(total=total_steps, initial=step, desc="Con-GRPO", disable=rank != 0, dynamic_ncols=True)
+    prof = M.profiler(args.out if args.profile and rank == 0 else None)
     while step < total_steps:
         batch = data.epoch_batches(len(records), P, args.seed, step // steps_per_epoch)[step % steps_per_epoch]
         mine = [records[i] for i in batch[rank::world]]  # each rank samples whole groups for its prompts
@@ -318,9 +325,11 @@ def main(argv=None):
                 samples_log.flush()
             bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.3f}", con=f"{row['consistency_rate']:.3f}")
             bar.update(1)
+        prof.step()
         if M.checkpoint_and_stop(args.out, step, policy, optimizer, scheduler, save_every=args.save_every,
                                  stop_after=args.stop_after):
             break
+    prof.stop()
     bar.close()
 
     # ---- output: π_θ as a full model (a GRPO LoRA is merged into π_SFT), loadable like any model ----

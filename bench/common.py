@@ -9,13 +9,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import data  # noqa: E402
 import model as M  # noqa: E402
 
+SIZES = {  # the benchmarks' model and image sizes
+    "tiny": dict(hidden=64, layers=2, heads=4, image_px=112),  # 0.4M parameters, 16 image tokens
+    "small": dict(hidden=512, layers=4, heads=4, image_px=448),  # ~16M parameters, 256 image tokens
+    "gpu": dict(hidden=1024, layers=8, heads=16, image_px=448),  # 127M parameters
+    "3b": dict(hidden=2048, layers=36, heads=16, image_px=448),  # Qwen2.5-VL-3B's text widths: 2.27B parameters
+}
 
-def tiny_setup(n_images=40, hidden=64, layers=2, image_px=112, seed=0):
-    """(model, processor, records) of a fresh tiny Qwen2.5-VL and a synthetic set."""
+
+def tiny_setup(n_images=40, hidden=64, layers=2, heads=4, image_px=112, seed=0, build=True):
+    """(model, processor, records, folder) of a fresh tiny Qwen2.5-VL (folder/tiny) and a synthetic set; with
+    build=False only the set (model and processor are None)."""
     folder = tempfile.mkdtemp(prefix="medad-bench-")
     data.synth(os.path.join(folder, "data"), n_images=n_images, seed=seed, size=image_px)
     train = os.path.join(folder, "data", "train.jsonl")
+    if not build:
+        return None, None, data.load_jsonl(train), folder
     M.build_tiny(os.path.join(folder, "tiny"), seed=seed, corpus=list(M.corpus_lines([train])), hidden=hidden,
-                 layers=layers, image_px=image_px)
+                 layers=layers, heads=heads, image_px=image_px)
     policy, processor = M.load_model(os.path.join(folder, "tiny"), device="cpu")
     return policy, processor, data.load_jsonl(train), folder

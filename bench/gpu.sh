@@ -3,9 +3,14 @@
 #   1. torchrun's process group under NCCL (one process): parameter broadcast, gradient sum, metric sum
 #   2. the CLI end to end at 127M parameters (synth -> model -> SFT --full -> Con-GRPO -> evaluate), then Con-GRPO
 #      for 2 steps under `torchrun --nproc_per_node 1` (NCCL), replicated and --fsdp
+#      and model.sample's exactness on the GPU (greedy = generate, log-probs = completion_logprobs, graph = eager)
 #   3. train_grpo.py at Qwen2.5-VL-3B's text widths (2.27B parameters): full, LoRA and --fsdp, one step each, with
 #      the step-1 KL (0 when π_θ and π_SFT run the same computation) and peak memory
 #   4. bench/real_shapes.py: the real 3.75B shapes in train_grpo.py's precision regime
+#   5. bench/rollout.py at 3B text widths: model.sample's tokens/s against generate's and the bandwidth bound,
+#      bf16 weights against fp32 weights under autocast
+#   6. bench/grpo_vs_trl.py at 127M parameters: train_grpo.py's step (sampling / judge / loss) against TRL's
+#      (needs trl and datasets: wheels in .whl/)
 #
 #   bash bench/gpu.sh              # from the project root on a GPU machine; logs in $OUT (default: a new temp folder)
 #   SMOKE=1 bash bench/gpu.sh      # the same steps at toy sizes on a CPU (gloo for NCCL), to check the script itself
@@ -24,10 +29,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"  # tests/dist_worker.py imports the project's modules
 if [ -z "${SMOKE:-}" ]; then
-  N=400; PX=448; H=1024; L=8; TOK=128; BH=2048; BL=36; BHEADS=16; BTOK=192; SHAPES=""
+  N=400; PX=448; H=1024; L=8; TOK=128; BH=2048; BL=36; BHEADS=16; BTOK=128; SHAPES="--max-new-tokens 128"
+  ROLL="--prompts 8 --max-new-tokens 128 --repeats 3"; TRL="--size gpu --prompts 4 --max-new-tokens 64 --steps 4"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 else
   N=60; PX=112; H=64; L=2; TOK=16; BH=64; BL=2; BHEADS=4; BTOK=16; SHAPES="--tiny --prompts 2 --max-new-tokens 16"
+  ROLL="--prompts 2 --max-new-tokens 16 --repeats 1"; TRL="--size tiny --prompts 2 --max-new-tokens 16 --steps 2"
 fi
 T0=$(date +%s)
 SUMMARY=()
@@ -49,36 +56,42 @@ for l in open(sys.argv[1]):
 
 $PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())" | tee "$OUT/versions.txt"
 
-run nccl 90 $TORCHRUN1 tests/dist_worker.py "$D/w"
+run nccl 45 $TORCHRUN1 tests/dist_worker.py "$D/w"
 
-run e2e 240 bash -c "set -e
+run e2e 120 bash -c "set -e
 $PY data.py synth --out $D/data --n-images $N --size $PX --seed 0
 $PY model.py tiny --out $D/m --corpus $D/data/train.jsonl --hidden $H --layers $L --heads 16 --image-px $PX
-$PY train_sft.py --model $D/m --data $D/data/train.jsonl --out $D/sft --full --epochs 0.5 --batch-size 16 --micro-batch 16 --lr 1e-3
-$PY train_grpo.py --ckpt $D/sft --out $D/grpo --epochs 0.02 --max-new-tokens $TOK --lr 1e-5 --log-samples-every 0
-$PY evaluate.py --ckpt $D/sft $D/grpo --data $D/data/test.jsonl --out $D/eval --limit 64 --seeds 0 --max-new-tokens $TOK
-head -n 6 $D/eval/results.md
+$PY train_sft.py --model $D/m --data $D/data/train.jsonl --out $D/sft --full --epochs 0.3 --batch-size 16 --micro-batch 16 --lr 1e-3
+$PY evaluate.py --ckpt $D/sft --data $D/data/test.jsonl --out $D/eval --limit 64 --seeds 0 --max-new-tokens $TOK
+head -n 5 $D/eval/results.md
 for mode in replicated fsdp; do
   $TORCHRUN1 train_grpo.py --ckpt $D/sft --out $D/torchrun_\$mode --stop-after 2 --max-new-tokens $TOK --lr 1e-5 \
     --log-samples-every 0 \$([ \$mode = fsdp ] && echo --fsdp)
 done"
+run sampler 45 $PY bench/sampler_check.py --ckpt "$D/m" --max-new-tokens $TOK
 for mode in replicated fsdp; do [ -f "$D/torchrun_$mode/metrics.jsonl" ] && { echo "torchrun, NCCL, $mode:"; rows "$D/torchrun_$mode/metrics.jsonl"; } | tee -a "$OUT/e2e.log"; done
 
 # 8 prompts, one step of 8 x G=8 each run
 head -n 8 "$D/data/train.jsonl" > "$D/data/eight.jsonl"
-run widths_model 240 $PY model.py tiny --out "$D/big" --corpus "$D/data/train.jsonl" --hidden $BH --layers $BL --heads $BHEADS --image-px $PX
+run widths_model 75 $PY model.py tiny --out "$D/big" --corpus "$D/data/train.jsonl" --hidden $BH --layers $BL --heads $BHEADS --image-px $PX
 BIG="--ckpt $D/big --data $D/data/eight.jsonl --epochs 1 --max-new-tokens $BTOK --log-samples-every 0 --lr 1e-6 ${SMOKE:+--precision bf16}"
-run widths_full 150 $PY train_grpo.py $BIG --out "$D/big_full"
-run widths_lora 120 $PY train_grpo.py $BIG --out "$D/big_lora" --lora
-run widths_fsdp 150 $TORCHRUN1 train_grpo.py $BIG --out "$D/big_fsdp" --fsdp
-run real_shapes 180 $PY bench/real_shapes.py $SHAPES
+run widths_full 60 $PY train_grpo.py $BIG --out "$D/big_full"
+run widths_lora 50 $PY train_grpo.py $BIG --out "$D/big_lora" --lora
+run widths_fsdp 60 $TORCHRUN1 train_grpo.py $BIG --out "$D/big_fsdp" --fsdp
+run real_shapes 60 $PY bench/real_shapes.py $SHAPES
+run rollout 45 $PY bench/rollout.py --ckpt "$D/big" $ROLL
+run trl 90 $PY bench/grpo_vs_trl.py $TRL
 
 echo "== summary [$(( $(date +%s) - T0 )) s] (logs in $OUT)" | tee "$OUT/summary.txt"
 {
   cat "$OUT/versions.txt"; [ -f "$OUT/gpu.txt" ] && cat "$OUT/gpu.txt"
   printf '%s\n' "${SUMMARY[@]}"
   grep -h "broadcast, gradient sum" "$OUT/nccl.log"
-  for mode in replicated fsdp; do [ -f "$D/torchrun_$mode/metrics.jsonl" ] && { echo "2 steps under torchrun (NCCL), $mode:"; rows "$D/torchrun_$mode/metrics.jsonl"; }; done
+  grep -h "greedy tokens equal" "$OUT/sampler.log"
+  run sampler 45 $PY bench/sampler_check.py --ckpt "$D/m" --max-new-tokens $TOK
+for mode in replicated fsdp; do [ -f "$D/torchrun_$mode/metrics.jsonl" ] && { echo "2 steps under torchrun (NCCL), $mode:"; rows "$D/torchrun_$mode/metrics.jsonl"; }; done
   for mode in full lora fsdp; do [ -f "$D/big_$mode/metrics.jsonl" ] && { echo "Qwen2.5-VL-3B text widths, $mode, step 1:"; rows "$D/big_$mode/metrics.jsonl"; }; done
   grep -h "Con-GRPO (\|SFT (\|shapes:" "$OUT/real_shapes.log"
+  grep -h "x G=\|generate:\|bandwidth" "$OUT/rollout.log"
+  grep -h "parameters,\|step: median" "$OUT/trl.log"
 } | tee -a "$OUT/summary.txt"

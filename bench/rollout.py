@@ -1,51 +1,98 @@
-"""Our group sampling (model.sample) against a bare `model.generate` on the same batch.
+"""Rollout speed: model.sample (each prompt prefilled once, a static KV cache, a CUDA graph on GPUs) against a bare
+`model.generate` on the same batch, both forced to the full length. On a GPU it also prints the fraction of the
+memory-bandwidth bound (each decode step reads every weight once; the bandwidth is measured by a device copy) and
+what autocast costs: the sampler on bf16 weights against fp32 weights under bf16 autocast (how a fully fine-tuned
+policy samples in train_grpo.py).
 
-    python bench/rollout.py [--prompts 8] [--group-size 8] [--max-new-tokens 64]
+    python bench/rollout.py [--size tiny|small|3b] [--prompts 8] [--group-size 8] [--max-new-tokens 64]
+    python bench/rollout.py --ckpt DIR       # a model folder instead of a fresh random one (bench/gpu.sh: 3B widths)
 
-Prints the median seconds of each and their ratio; the last line is `name=value` figures.
+The last line holds `name=value` figures.
 """
 import argparse
+import os
 import statistics
 import time
 
 import torch
-from common import M, data, tiny_setup
-
-p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-p.add_argument("--prompts", type=int, default=8, help="prompts per batch (default: %(default)s)")
-p.add_argument("--group-size", type=int, default=8, help="completions per prompt (default: %(default)s)")
-p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated (default: %(default)s)")
-p.add_argument("--repeats", type=int, default=7, help="timed runs after one warm-up (default: %(default)s)")
-args = p.parse_args()
-
-policy, processor, records, _ = tiny_setup()
-prompt = data.prompt_batch(processor, records[:args.prompts])
-tok = processor.tokenizer
-# the same decoding for both; min_new_tokens makes both produce every token (no early end of turn)
-fixed = dict(num_return_sequences=args.group_size, max_new_tokens=args.max_new_tokens, do_sample=True, top_k=0,
-             temperature=1.0, top_p=1.0, pad_token_id=tok.pad_token_id, eos_token_id=M.end_token_ids(tok),
-             suppress_tokens=tok.convert_tokens_to_ids(M.VISION_TOKENS))
+from common import SIZES, M, data, tiny_setup
 
 
-def bare():
-    with torch.no_grad():
-        policy.generate(**prompt, **fixed)
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
-def ours():
-    M.sample(policy, processor, prompt, group_size=args.group_size, max_new_tokens=args.max_new_tokens, seed=0)
-
-
-torch.manual_seed(0)
-bare(), ours()  # warm-up
-times = {"bare": [], "ours": []}
-for _ in range(args.repeats):  # interleaved, so that drifts of the machine hit both alike
-    for name, fn in (("bare", bare), ("ours", ours)):
+def timed(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         fn()
-        times[name].append(time.perf_counter() - t)
-t_bare, t_ours = statistics.median(times["bare"]), statistics.median(times["ours"])
-print(f"{args.prompts} prompts x G={args.group_size} x {args.max_new_tokens} new tokens, tiny model "
-      f"({M.count_parameters(policy):,} parameters), {torch.get_num_threads()} threads")
-print(f"bare generate: {t_bare:.3f} s   model.sample: {t_ours:.3f} s   ratio {t_ours / t_bare:.3f}")
-print(f"generate_s={t_bare:.4f} sample_s={t_ours:.4f} ratio={t_ours / t_bare:.3f}")
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bandwidth() -> float:
+    """Bytes per second a device-to-device copy of 2 GiB moves (read + write)."""
+    x = torch.empty(2**31, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    seconds = timed(lambda: y.copy_(x), 5)
+    return 2 * x.numel() / seconds
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=SIZES, default="tiny", help="model and image size (default: %(default)s)")
+    p.add_argument("--ckpt", help="a model folder to load instead (its data: a fresh synthetic set)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts per batch (default: %(default)s)")
+    p.add_argument("--group-size", type=int, default=8, help="completions per prompt (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up (default: %(default)s)")
+    args = p.parse_args()
+    device = M.default_device()
+    size = SIZES[args.size]
+    _, _, records, folder = tiny_setup(n_images=max(40, 2 * args.prompts), **size, build=args.ckpt is None)
+    ckpt = args.ckpt or os.path.join(folder, "tiny")
+    precision = M.default_precision(device)
+    bf16 = precision == "bf16"
+    policy, processor = M.load_model(ckpt, device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
+    prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, records[:args.prompts]).items()}
+    tok, T, G = processor.tokenizer, args.max_new_tokens, args.group_size
+    tokens = args.prompts * G * T
+
+    def bare():
+        with torch.no_grad():
+            policy.generate(**prompt, num_return_sequences=G, max_new_tokens=T, min_new_tokens=T, do_sample=True,
+                            top_k=0, temperature=1.0, top_p=1.0, pad_token_id=tok.pad_token_id,
+                            eos_token_id=M.end_token_ids(tok), suppress_tokens=tok.convert_tokens_to_ids(M.VISION_TOKENS))
+
+    def ours(net=policy):
+        with M.autocast(device, precision):
+            M.sample(net, processor, prompt, group_size=G, max_new_tokens=T, min_new_tokens=T, seed=0)
+
+    torch.manual_seed(0)
+    t_bare, t_ours = timed(bare, args.repeats), timed(ours, args.repeats)
+    n_params = M.count_parameters(policy)
+    where = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"{args.prompts} prompts x G={G} x {T} new tokens, {n_params / 1e6:.1f}M parameters, {precision}, {where}")
+    print(f"bare generate: {t_bare:.3f} s ({tokens / t_bare:,.0f} tokens/s)   model.sample: {t_ours:.3f} s "
+          f"({tokens / t_ours:,.0f} tokens/s)   ratio {t_ours / t_bare:.3f}")
+    figures = {"generate_s": t_bare, "sample_s": t_ours, "ratio": t_ours / t_bare, "sample_tokens_per_s": tokens / t_ours}
+    if device == "cuda":
+        bw = bandwidth()
+        weight_bytes = sum(q.numel() * q.element_size() for q in policy.parameters())
+        bound = args.prompts * G * bw / weight_bytes  # tokens/s if each step only read the weights once
+        fp32 = M.load_model(ckpt, device=device, dtype=torch.float32)[0].requires_grad_(True)
+        t_fp32 = timed(lambda: ours(M.fp32_logits(fp32)), args.repeats)
+        print(f"bandwidth {bw / 1e12:.2f} TB/s: bound {bound:,.0f} tokens/s; model.sample reaches "
+              f"{tokens / t_ours / bound:.1%}. fp32 weights under autocast: {t_fp32:.3f} s ({t_fp32 / t_ours:.2f}x bf16)")
+        figures.update(bound_tokens_per_s=bound, bound_fraction=tokens / t_ours / bound, fp32_autocast_s=t_fp32)
+    print(" ".join(f"{k}={v:.4g}" for k, v in figures.items()))
+
+
+if __name__ == "__main__":
+    main()

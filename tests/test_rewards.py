@@ -97,6 +97,14 @@ def test_judge_is_deterministic_and_batched_equals_one_by_one(tiny, records):
         alone = torch.cat([judge.letter_logits([q], [o], [t]) for q, o, t in zip(*args)])
     torch.testing.assert_close(scores, alone, atol=1e-4, rtol=1e-4)
     assert [rewards.LETTERS[i] for i in scores.argmax(1).tolist()] == batched
+    forwards = []
+    hook = m.register_forward_pre_hook(lambda mod, a, kw: forwards.append(kw["input_ids"].numel()), with_kwargs=True)
+    judge.batch_tokens = 400  # a memory bound: several forwards of at most 400 tokens (rows x padded length)
+    with torch.no_grad():
+        chunked = judge.letter_logits(*args)
+    hook.remove()
+    assert len(forwards) > 1 and max(forwards) <= judge.batch_tokens
+    torch.testing.assert_close(chunked, scores, atol=1e-4, rtol=1e-4)
 
 
 def test_consistency_reward_follows_the_judge(tiny, records):
