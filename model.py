@@ -1,4 +1,5 @@
-"""Qwen2.5-VL for MedAD-R1: loading, LoRA, completion log-probs, group sampling, and a tiny offline model.
+"""Qwen2.5-VL for MedAD-R1: loading, LoRA, precision, completion log-probs, the sampler, torchrun and FSDP2,
+checkpoints, and a tiny offline model.
 
 Imports nothing from the project, so it can be copied alone into another experiment.
 
@@ -157,7 +158,6 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets
     return get_peft_model(model, config)
 
 
-
 # ---- precision ----
 # --precision bf16 is torch's mixed precision: bf16 compute under autocast, fp32 weights wherever they are trained
 # (a bf16 weight of ~1e-2 is resolved to ~4e-5 and cannot take lr-1e-6 updates). Frozen weights that only a LoRA
@@ -190,6 +190,7 @@ def fp32_logits(model):
 def _fp32_linear(self, hidden):
     with torch.autocast(hidden.device.type, enabled=False):
         return torch.nn.functional.linear(hidden.float(), self.weight.float())
+
 
 # ---- log-probs and sampling ----
 
@@ -364,8 +365,8 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
         return model(input_ids=token_in, position_ids=position_in, attention_mask=_mask(seen[:, None, None], model),
                      cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
 
-    use_graph = torch.cuda.is_available() and device.type == "cuda" and not _fsdp_units(model) if cuda_graph is None \
-        else cuda_graph
+    if cuda_graph is None:  # where it can: on a GPU, a model not sharded (FSDP's hooks run Python at every forward)
+        cuda_graph = device.type == "cuda" and not _fsdp_units(model)
     graph = None
     banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
     banned[tok.convert_tokens_to_ids(VISION_TOKENS)] = True
@@ -386,9 +387,9 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
         position_in.copy_((start + t).view(1, B, 1).expand(3, B, 1))
         seen[:, P + t] = True
         cache.pos.fill_(P + t)
-        if use_graph and graph is None:
+        if cuda_graph and graph is None:
             graph, logits_out = _capture(step)
-            use_graph = graph is not None
+            cuda_graph = graph is not None
         if graph is not None:
             graph.replay()  # logits_out is read before the next replay overwrites it
             logits = logits_out
