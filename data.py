@@ -113,7 +113,7 @@ def _file_problem(path: str, reader) -> str | None:
 
 def file_problems(files: dict) -> dict:
     """{path: problem} for the files {path: reader} that cannot be read whole; each decoded once, in threads (PIL
-    decodes outside the GIL): 10,000 images of 224-512 px in 5 s on 2 cores."""
+    decodes outside the GIL): 10,000 images of 224-512 px in 5-6 s on 2 cores."""
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
         found = dict(zip(files, pool.map(lambda item: _file_problem(*item), files.items())))
