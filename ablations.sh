@@ -5,7 +5,7 @@
 # sampling policy (--ratio-ref old, as TRL, VLM-R1 and DeepSeekMath take it). Table 3: the reward weights.
 # Every run takes the demo's Stage 2 settings but, for time, a quarter of its steps (190; `--epochs 0.4` in GRPO
 # below gives the demo's length, at about 6 minutes a run); each row is evaluated with 3 sampling seeds and the
-# demo's judge. 27 minutes on 2 CPU cores at commit 239bbec (before the faster sampler); finished runs are skipped when it is run again. Tables go to
+# demo's judge. 15.6 minutes on 2 CPU cores; finished runs are skipped when it is run again. Tables go to
 # $OUT/ablations/ (README.md shows them as measured).
 set -euo pipefail
 OUT=${OUT:-runs/demo}
