@@ -1,4 +1,4 @@
-"""The paper's CoT stage with a local vision-language model, for a set written by `data.py build` (or `synth`).
+"""The paper's CoT stage: a local vision-language model writes the CoTs of a set that build.py or synth.py wrote.
 
 The model describes each image, then explains the right answer given the image, the description and the question
 (the paper's MedGemma / Gemini stage); a CoT is kept only if the judge of rewards.py deduces the right letter from
@@ -6,7 +6,7 @@ it alone (standing in for the paper's manual check). The templated files stay; t
 
     python cots.py --data my_set --cot-model PATH    # my_set/train.cot.jsonl, test.cot.jsonl; keep rate in summary.json
 
-It lives apart from data.py, which imports nothing from the project, because it needs model.py and rewards.py.
+It is a script, not a library file: it needs model.py, the sampler and rewards.py.
 """
 import argparse
 import json
@@ -17,6 +17,7 @@ from tqdm import tqdm
 import data
 import model as M
 import rewards
+import sampler
 
 DESCRIBE = "Describe the visual content of this medical image: the anatomy, the imaging modality, and any lesion."
 EXPLAIN = ("Image description: {description}\nQuestion: {question}\n{options}\nThe correct answer is {letter}. "
@@ -46,7 +47,7 @@ def model_cots(records: list[dict], policy, processor, batch_size: int = 8,
         texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
         inputs = {k: v.to(policy.device) for k, v in processor(text=texts, images=images, padding=True,
                                                                  return_tensors="pt").items()}
-        out = M.sample(policy, processor, inputs, greedy=True, max_new_tokens=max_new_tokens)
+        out = sampler.sample(policy, processor, inputs, greedy=True, max_new_tokens=max_new_tokens)
         return [t.strip() for t in out["texts"]]
 
     kept, descriptions = [], {}
@@ -69,7 +70,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     splits = [s for s in ("train", "test") if os.path.exists(os.path.join(args.data, f"{s}.jsonl"))]
     if not splits:
-        raise SystemExit(f"{args.data}: no train.jsonl or test.jsonl; write them with `python data.py build` first")
+        raise SystemExit(f"{args.data}: no train.jsonl or test.jsonl; write them with `python build.py` (or "
+                         "`python synth.py`) first")
     records = {s: data.load_jsonl(os.path.join(args.data, f"{s}.jsonl")) for s in splits}  # all validated first
     policy, processor = M.load_model(args.cot_model, max_pixels=args.max_pixels)
     kept = {s: model_cots(records[s], policy, processor, args.batch_size, args.max_new_tokens)

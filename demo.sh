@@ -8,8 +8,8 @@ OUT=${OUT:-runs/demo}
 export HF_HUB_OFFLINE=1
 # 4,000 images, 10% held out by patient (about 1,700 test questions). Options in one fixed order per task: a tiny
 # model does not learn to look up a shuffled option's letter in a CPU budget (README.md, "What the demo shows")
-python data.py synth --out "$OUT/data" --n-images 4000 --test-frac 0.1 --option-order fixed --seed 0
-python model.py tiny --out "$OUT/tiny" --corpus "$OUT/data/train.jsonl" --seed 0
+python synth.py --out "$OUT/data" --n-images 4000 --test-frac 0.1 --option-order fixed --seed 0
+python tiny.py --out "$OUT/tiny" --corpus "$OUT/data/train.jsonl" --seed 0
 SMALL="--model $OUT/tiny --data $OUT/data/train.jsonl --batch-size 16 --micro-batch 16 --lr 1.5e-3 --full"
 # The judge F of Eq. 6, as the paper's external model: a copy of the tiny model trained text-only to name the
 # letter a CoT concludes (the SFT model itself reads thoughts without its image poorly: 34% on the gold CoTs)

@@ -23,15 +23,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import build
 import data
 import model as M
 import rewards
+import sampler
 
 TABLE1 = [("anatomy", "Anatomy ID."), ("anomaly", "Anomaly Det."), ("localization", "Lesion Loc."),
           ("modality", "Modality Class."), ("pathology", "Pathology Char.")]
 EXTRA = [("format_rate", "Format"), ("consistency_rate", "Consistency"), ("unparseable_rate", "Unparseable"),
          ("sensitivity", "Anomaly sens."), ("specificity", "Anomaly spec."), ("completion_len", "Length")]
-ABNORMAL, NORMAL = data.ANOMALY_OPTIONS[0], data.ANOMALY_OPTIONS[1]
+ABNORMAL, NORMAL = build.ANOMALY_OPTIONS[0], build.ANOMALY_OPTIONS[1]
 
 
 def parse_args(argv=None):
@@ -108,7 +110,7 @@ def answer(policy, processor, judge, records, seed, args) -> list[dict]:
     for i in range(0, len(records), args.batch_size):
         chunk = records[i:i + args.batch_size]
         prompt = {k: v.to(policy.device) for k, v in data.prompt_batch(processor, chunk).items()}
-        out = M.sample(policy, processor, prompt, greedy=args.temperature == 0, temperature=args.temperature or 1.0,
+        out = sampler.sample(policy, processor, prompt, greedy=args.temperature == 0, temperature=args.temperature or 1.0,
                        top_p=args.top_p, max_new_tokens=args.max_new_tokens)
         texts = out["texts"]
         if judge is not None:

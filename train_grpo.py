@@ -43,8 +43,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import data
+import distributed as D
 import model as M
 import rewards
+import run
+import sampler
 
 
 def parse_args(argv=None):
@@ -183,7 +186,7 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
         ref = [reference_logprobs(policy, reference, take(prompt, p), ids[c], mask[c], G) for p, c in chunks]
     old = [None] * len(chunks)
     count = (lambda c: mask[c].sum()) if args.loss_agg == "token" else (lambda c: len(ids[c]))
-    total = M.all_reduce_sum(float(sum(count(c) for _, c in chunks)))
+    total = D.all_reduce_sum(float(sum(count(c) for _, c in chunks)))
     stats = {"kl": 0.0, "clip_frac": 0.0}
     for _ in range(args.iterations):
         total_loss = 0.0
@@ -199,12 +202,12 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
             total_loss = total_loss + loss.detach()
             for k in ("kl", "clip_frac"):
                 stats[k] = stats[k] + s[k] * len(ids[c]) / len(ids) / args.iterations
-        if M.all_reduce_sum(float(not torch.isfinite(total_loss))):  # one host sync an update; every rank stops
+        if D.all_reduce_sum(float(not torch.isfinite(total_loss))):  # one host sync an update; every rank stops
             raise FloatingPointError(f"the loss is not finite on some rank ({float(total_loss)} here): stopping before "
-                                     f"the update. The last good checkpoint is {M.latest_checkpoint(args.out)}; "
+                                     f"the update. The last good checkpoint is {run.latest_checkpoint(args.out)}; "
                                      "try a lower --lr")
-        M.sync_grads(params)
-        stats["grad_norm"] = M.clip_grad_norm(params, args.max_grad_norm)
+        D.sync_grads(params)
+        stats["grad_norm"] = D.clip_grad_norm(params, args.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -221,7 +224,7 @@ def sft_data(ckpt: str) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, device = M.init_distributed()
+    rank, world, device = D.init_distributed()
     args.precision = args.precision or M.default_precision(device)
     args.data = args.data or sft_data(args.ckpt)
     records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
@@ -250,9 +253,9 @@ def main(argv=None):
     for net in (policy, reference):
         if net is not None:
             M.fp32_logits(net)
-            M.broadcast_parameters(net)
+            D.broadcast_parameters(net)
             if args.fsdp:
-                M.shard(net)
+                D.shard(net)
     if args.judge == "self":  # π_SFT's weights: the frozen copy, or the policy with the adapter off
         judge = rewards.Judge(policy if reference is None else reference, processor.tokenizer, max_thought_tokens=args.judge_max_tokens,
                               disable_adapter=args.lora)
@@ -263,20 +266,20 @@ def main(argv=None):
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(records) / P)
     total_steps = math.ceil(args.epochs * steps_per_epoch)
-    scheduler = M.lr_schedule(optimizer, total_steps * args.iterations, args.warmup_ratio, decay="constant")
-    step = M.start_step(args.out, args.resume, policy, optimizer, scheduler)
+    scheduler = run.lr_schedule(optimizer, total_steps * args.iterations, args.warmup_ratio, decay="constant")
+    step = run.start_step(args.out, args.resume, policy, optimizer, scheduler)
     weights = dict(lambda_fmt=args.lambda_fmt, lambda_acc=args.lambda_acc, lambda_con=args.lambda_con)
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
-        metrics = M.open_log(os.path.join(args.out, "metrics.jsonl"), step)
-        samples_log = M.open_log(os.path.join(args.out, "samples.jsonl"), step)
+        metrics = run.open_log(os.path.join(args.out, "metrics.jsonl"), step)
+        samples_log = run.open_log(os.path.join(args.out, "samples.jsonl"), step)
         print(f"Con-GRPO: {len(records)} prompts, {total_steps} steps of {P} prompts x G={G}, "
               f"{M.count_parameters(policy):,} parameters ({'sharded' if args.fsdp else 'replicated'}), "
               f"{args.precision}, {world} process(es) on {device}" + (f", resumed at step {step}" if step else ""))
 
     bar = tqdm(total=total_steps, initial=step, desc="Con-GRPO", disable=rank != 0, dynamic_ncols=True)
-    prof = M.profiler(args.out if args.profile and rank == 0 else None)
+    prof = run.profiler(args.out if args.profile and rank == 0 else None)
     while step < total_steps:
         batch = data.epoch_batches(len(records), P, args.seed, step // steps_per_epoch)[step % steps_per_epoch]
         mine = [records[i] for i in batch[rank::world]]  # each rank samples whole groups for its prompts
@@ -285,15 +288,15 @@ def main(argv=None):
         t0 = time.time()
         policy.eval()
         prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, mine).items()}
-        with M.autocast(device, args.precision), M.unsharded(policy):  # FSDP: gathered once, not once per token
-            rollout = M.sample(policy, processor, prompt, group_size=G, max_new_tokens=args.max_new_tokens,
+        with M.autocast(device, args.precision), D.unsharded(policy):  # FSDP: gathered once, not once per token
+            rollout = sampler.sample(policy, processor, prompt, group_size=G, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, min_new_tokens=args.min_new_tokens,
                                seed=args.seed * 1_000_003 + step * world + rank)
         ids, mask, texts = rollout["completion_ids"], rollout["completion_mask"], rollout["texts"]
         t1 = time.time()
 
         # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
-        with M.autocast(device, args.precision), M.unsharded(judge.model):  # FSDP: ranks judge different counts
+        with M.autocast(device, args.precision), D.unsharded(judge.model):  # FSDP: ranks judge different counts
             scores = rewards.score(texts, [r for r in mine for _ in range(G)], judge, **weights)
         advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)
         t2 = time.time()
@@ -311,9 +314,9 @@ def main(argv=None):
                  "completion_len": mask.sum(1).float().mean().item(),
                  "zero_adv_groups": (groups.max(1).values == groups.min(1).values).float().mean().item(), **stats}
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
-        row.update({k: v / world for k, v in M.all_reduce_sum(local).items()})
+        row.update({k: v / world for k, v in D.all_reduce_sum(local).items()})
         row.update({"lr": scheduler.get_last_lr()[0], "t_sample": t1 - t0, "t_judge": t2 - t1, "t_loss": t3 - t2,
-                    "peak_mem_gb": M.peak_memory_gb()})
+                    "peak_mem_gb": run.peak_memory_gb()})
         if rank == 0:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
@@ -326,7 +329,7 @@ def main(argv=None):
             bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.3f}", con=f"{row['consistency_rate']:.3f}")
             bar.update(1)
         prof.step()
-        if M.checkpoint_and_stop(args.out, step, policy, optimizer, scheduler, save_every=args.save_every,
+        if run.checkpoint_and_stop(args.out, step, policy, optimizer, scheduler, save_every=args.save_every,
                                  stop_after=args.stop_after):
             break
     prof.stop()
@@ -334,9 +337,9 @@ def main(argv=None):
 
     # ---- output: π_θ as a full model (a GRPO LoRA is merged into π_SFT), loadable like any model ----
     if step == total_steps:
-        M.save_model(args.out, policy.merge_and_unload() if args.lora else policy, processor,
+        run.save_model(args.out, policy.merge_and_unload() if args.lora else policy, processor,
                      torch.bfloat16 if args.precision == "bf16" else torch.float32)
-        M.mark_done(args.out)
+        run.mark_done(args.out)
         if rank == 0:
             print(f"wrote {args.out}")
     if dist.is_initialized():

@@ -38,8 +38,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import data
+import distributed as D
 import model as M
 import rewards
+import run
+import sampler
 
 
 def parse_args(argv=None):
@@ -114,7 +117,7 @@ def evaluate_sft(policy, processor, records, micro_batch: int, max_new_tokens: i
         ids, mask = (t.to(policy.device) for t in data.target_batch(processor.tokenizer, chunk))
         nll += -(M.completion_logprobs(policy, prompt, ids, mask) * mask).sum().item()
         tokens += mask.sum().item()
-        texts = M.sample(policy, processor, prompt, greedy=True, max_new_tokens=max_new_tokens)["texts"]
+        texts = sampler.sample(policy, processor, prompt, greedy=True, max_new_tokens=max_new_tokens)["texts"]
         correct += sum(f"<answer>{r['answer']}</answer>" in t for r, t in zip(chunk, texts))
     policy.train()
     return {"eval_loss": nll / tokens, "eval_letter_acc": correct / len(records)}
@@ -137,7 +140,7 @@ def evaluate_judge(judge, records, micro_batch: int) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     args.data = os.path.abspath(args.data)  # recorded in args.json: train_grpo.py --ckpt OUT finds it there
-    rank, world, device = M.init_distributed()
+    rank, world, device = D.init_distributed()
     args.precision = args.precision or M.default_precision(device)
     records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
     if any("cot" not in r for r in records):
@@ -163,22 +166,22 @@ def main(argv=None):
         policy.gradient_checkpointing_enable({"use_reentrant": False})
         if not args.full:
             policy.enable_input_require_grads()
-    M.broadcast_parameters(M.fp32_logits(policy))
+    D.broadcast_parameters(M.fp32_logits(policy))
     if args.fsdp:
-        M.shard(policy)
+        D.shard(policy)
     judge = rewards.Judge(policy, processor.tokenizer) if args.judge else None
     policy.train()
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(records) / args.batch_size)
     total_steps = math.ceil(args.epochs * steps_per_epoch)
-    scheduler = M.lr_schedule(optimizer, total_steps, args.warmup_ratio)
-    step = M.start_step(args.out, args.resume, policy, optimizer, scheduler)
+    scheduler = run.lr_schedule(optimizer, total_steps, args.warmup_ratio)
+    step = run.start_step(args.out, args.resume, policy, optimizer, scheduler)
     stage = "Judge" if args.judge else "SFT"
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
-        metrics = M.open_log(os.path.join(args.out, "metrics.jsonl"), step)
+        metrics = run.open_log(os.path.join(args.out, "metrics.jsonl"), step)
         trainable = sum(p.numel() for p in params)  # DTensors count their whole size
         print(f"{stage}: {len(records)} examples, {total_steps} steps of {args.batch_size}, {trainable:,} trainable "
               f"parameters of {M.count_parameters(policy):,}, {args.precision}, {world} "
@@ -192,11 +195,11 @@ def main(argv=None):
         chunks = [mine[i:i + args.micro_batch] for i in range(0, len(mine), args.micro_batch)]
         t0, loss_sum = time.time(), 0.0
         if args.judge:  # one target letter per example
-            n_tokens = M.all_reduce_sum(float(len(mine)))
+            n_tokens = D.all_reduce_sum(float(len(mine)))
             micro = [partial(judge_loss, judge, c, n_tokens) for c in chunks]
         else:
             inputs = [(data.prompt_batch(processor, c), *data.target_batch(processor.tokenizer, c)) for c in chunks]
-            n_tokens = M.all_reduce_sum(float(sum(mask.sum() for _, _, mask in inputs)))
+            n_tokens = D.all_reduce_sum(float(sum(mask.sum() for _, _, mask in inputs)))
             micro = [partial(sft_loss, policy, {k: v.to(device) for k, v in prompt.items()}, ids.to(device),
                              mask.to(device), n_tokens) for prompt, ids, mask in inputs]
         for micro_loss in micro:
@@ -204,19 +207,19 @@ def main(argv=None):
                 loss = micro_loss()
             loss.backward()
             loss_sum += loss.item()
-        M.sync_grads(params)  # each rank's loss is divided by the global token count: sum them
-        grad_norm = M.clip_grad_norm(params, args.max_grad_norm)
+        D.sync_grads(params)  # each rank's loss is divided by the global token count: sum them
+        grad_norm = D.clip_grad_norm(params, args.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        loss_sum = M.all_reduce_sum(loss_sum)
+        loss_sum = D.all_reduce_sum(loss_sum)
         seconds = time.time() - t0
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
                "grad_norm": grad_norm, ("letters_per_s" if args.judge else "tokens_per_s"): n_tokens / seconds,
-               "seconds": seconds, "peak_mem_gb": M.peak_memory_gb()}
+               "seconds": seconds, "peak_mem_gb": run.peak_memory_gb()}
         if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps):
-            with M.autocast(device, args.precision), M.unsharded(policy):  # every rank joins FSDP's all-gathers
+            with M.autocast(device, args.precision), D.unsharded(policy):  # every rank joins FSDP's all-gathers
                 if rank == 0 or args.fsdp:
                     row.update(evaluate_judge(judge, eval_records, args.micro_batch) if args.judge else
                                evaluate_sft(policy, processor, eval_records, args.micro_batch, args.max_new_tokens))
@@ -225,7 +228,7 @@ def main(argv=None):
             metrics.flush()
             bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{row['lr']:.2e}")
             bar.update(1)
-        if M.checkpoint_and_stop(args.out, step, policy, optimizer, scheduler, save_every=args.save_every,
+        if run.checkpoint_and_stop(args.out, step, policy, optimizer, scheduler, save_every=args.save_every,
                                  stop_after=args.stop_after):
             break
     bar.close()
@@ -233,11 +236,11 @@ def main(argv=None):
     # ---- output: the adapter (+ merged model) or the full model, the processor ----
     if step == total_steps:
         dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
-        M.save_model(args.out, policy, processor, dtype)  # the adapter, or the full model with --full
+        run.save_model(args.out, policy, processor, dtype)  # the adapter, or the full model with --full
         if args.merge and not args.full:
             os.makedirs(os.path.join(args.out, "merged"), exist_ok=True)
-            M.save_model(os.path.join(args.out, "merged"), policy.merge_and_unload(), processor, dtype)
-        M.mark_done(args.out)
+            run.save_model(os.path.join(args.out, "merged"), policy.merge_and_unload(), processor, dtype)
+        run.mark_done(args.out)
         if rank == 0:
             print(f"wrote {args.out}")
     if dist.is_initialized():

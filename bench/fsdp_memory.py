@@ -6,7 +6,7 @@ bytes train_grpo.py keeps for each under --precision bf16.
 
 Sharded over N GPUs (divided by N): the policy's weights in fp32 (4 bytes a parameter), the gradients and AdamW's two
 moments of the trained ones (4 + 8 bytes; the vision tower is frozen by default), and π_SFT's weights in fp32 (4
-bytes). Gathered on every GPU while it samples: the whole policy in fp32 (model.unsharded) plus the bf16 casts autocast
+bytes). Gathered on every GPU while it samples: the whole policy in fp32 (distributed.unsharded) plus the bf16 casts autocast
 keeps of its trained weights; while it judges (--judge self), π_SFT gathered the same way, one after the other. The KV
 cache of a rank's share of the rollouts (bf16) comes on top; activations of the loss phase depend on --micro-batch and
 --gradient-checkpointing and are not counted.

@@ -6,7 +6,7 @@
 #      under `torchrun --nproc_per_node 1` (NCCL), replicated and --fsdp
 #   3. train_grpo.py at Qwen2.5-VL-3B's text widths (2.27B parameters): full, LoRA and --fsdp, one step each, with
 #      the step-1 KL (0 when π_θ and π_SFT run the same computation) and peak memory
-#   4. model.sample's exactness on the GPU (greedy = generate, log-probs = completion_logprobs, CUDA graph = eager)
+#   4. sampler.sample's exactness on the GPU (greedy = generate, log-probs = completion_logprobs, CUDA graph = eager)
 #   5. bench/rollout.py at 3B text widths: tokens/s against generate's and the bandwidth bound, bf16 weights against
 #      fp32 weights under autocast
 #   6. bench/grpo_vs_trl.py at 127M parameters: train_grpo.py's step (sampling / judge / loss) against TRL's
@@ -64,8 +64,8 @@ $PY -c "import torch, transformers, peft; print('torch', torch.__version__, 'tra
 run nccl 45 $TORCHRUN1 tests/dist_worker.py "$D/w"
 
 run e2e 120 bash -c "set -e
-$PY data.py synth --out $D/data --n-images $N --size $PX --seed 0
-$PY model.py tiny --out $D/m --corpus $D/data/train.jsonl --hidden $H --layers $L --heads 16 --image-px $PX
+$PY synth.py --out $D/data --n-images $N --size $PX --seed 0
+$PY tiny.py --out $D/m --corpus $D/data/train.jsonl --hidden $H --layers $L --heads 16 --image-px $PX
 $PY train_sft.py --model $D/m --data $D/data/train.jsonl --out $D/sft --full --epochs 0.3 --batch-size 16 --micro-batch 16 --lr 1e-3
 $PY evaluate.py --ckpt $D/sft --data $D/data/test.jsonl --out $D/eval --limit 64 --seeds 0 --max-new-tokens $TOK
 head -n 5 $D/eval/results.md
@@ -76,7 +76,7 @@ done"
 
 # 8 prompts: one step of 8 x G=8 a run
 head -n 8 "$D/data/train.jsonl" > "$D/data/eight.jsonl"
-run widths_model 75 $PY model.py tiny --out "$D/big" --corpus "$D/data/train.jsonl" --hidden $BH --layers $BL --heads $BHEADS --image-px $PX
+run widths_model 75 $PY tiny.py --out "$D/big" --corpus "$D/data/train.jsonl" --hidden $BH --layers $BL --heads $BHEADS --image-px $PX
 BIG="--ckpt $D/big --data $D/data/eight.jsonl --epochs 1 --max-new-tokens $BTOK --log-samples-every 0 --lr 1e-6 ${SMOKE:+--precision bf16}"
 run widths_full 60 $PY train_grpo.py $BIG --out "$D/big_full"
 run widths_lora 50 $PY train_grpo.py $BIG --out "$D/big_lora" --lora

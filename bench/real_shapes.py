@@ -18,6 +18,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+import run  # noqa: E402
+import sampler  # noqa: E402
 import train_grpo  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
@@ -62,7 +64,7 @@ def measure(fn):
     fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - t, M.peak_memory_gb()
+    return time.perf_counter() - t, run.peak_memory_gb()
 
 
 def main():
@@ -140,13 +142,13 @@ def main():
             reference = None
         params = [q for q in policy.parameters() if q.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-6)
-        sched = M.lr_schedule(opt, 10, 0.0, decay="constant")
+        sched = run.lr_schedule(opt, 10, 0.0, decay="constant")
         prompt = prompts(args.prompts, args.image_px, args.prompt_text, device)
 
         def grpo_step():
             policy.eval()
             with M.autocast(device, precision):
-                rollout = M.sample(policy, Proc(), prompt, group_size=args.group_size,
+                rollout = sampler.sample(policy, Proc(), prompt, group_size=args.group_size,
                                    max_new_tokens=args.max_new_tokens, seed=0)
             judge_model = policy if reference is None else reference
             with torch.no_grad(), M.autocast(device, precision), \

@@ -1,4 +1,4 @@
-"""Rollout speed: model.sample (each prompt prefilled once, a static KV cache, a CUDA graph on GPUs) against a bare
+"""Rollout speed: sampler.sample (each prompt prefilled once, a static KV cache, a CUDA graph on GPUs) against a bare
 `model.generate` on the same batch, both forced to the full length. On a GPU it also prints the fraction of the
 memory-bandwidth bound (each decode step reads every weight once; the bandwidth is measured by a device copy) and
 what autocast costs: the sampler on bf16 weights against fp32 weights under bf16 autocast (how a fully fine-tuned
@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from common import SIZES, M, data, tiny_setup
+from common import SIZES, M, data, sampler, tiny_setup
 
 
 
@@ -68,18 +68,18 @@ def main():
         with torch.no_grad():
             policy.generate(**prompt, num_return_sequences=G, max_new_tokens=T, min_new_tokens=T, do_sample=True,
                             top_k=0, temperature=1.0, top_p=1.0, pad_token_id=tok.pad_token_id,
-                            eos_token_id=M.end_token_ids(tok), suppress_tokens=tok.convert_tokens_to_ids(M.VISION_TOKENS))
+                            eos_token_id=M.end_token_ids(tok), suppress_tokens=tok.convert_tokens_to_ids(sampler.VISION_TOKENS))
 
     def ours(net=policy):
         with M.autocast(device, precision):
-            M.sample(net, processor, prompt, group_size=G, max_new_tokens=T, min_new_tokens=T, seed=0)
+            sampler.sample(net, processor, prompt, group_size=G, max_new_tokens=T, min_new_tokens=T, seed=0)
 
     torch.manual_seed(0)
     t_bare, t_ours = timed(bare, args.repeats), timed(ours, args.repeats)
     n_params = M.count_parameters(policy)
     where = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"{args.prompts} prompts x G={G} x {T} new tokens, {n_params / 1e6:.1f}M parameters, {precision}, {where}")
-    print(f"bare generate: {t_bare:.3f} s ({tokens / t_bare:,.0f} tokens/s)   model.sample: {t_ours:.3f} s "
+    print(f"bare generate: {t_bare:.3f} s ({tokens / t_bare:,.0f} tokens/s)   sampler.sample: {t_ours:.3f} s "
           f"({tokens / t_ours:,.0f} tokens/s)   ratio {t_ours / t_bare:.3f}")
     figures = {"generate_s": t_bare, "sample_s": t_ours, "ratio": t_ours / t_bare, "sample_tokens_per_s": tokens / t_ours}
     if device == "cuda":
@@ -88,7 +88,7 @@ def main():
         bound = args.prompts * G * bw / weight_bytes  # tokens/s if each step only read the weights once
         fp32 = M.load_model(ckpt, device=device, dtype=torch.float32)[0].requires_grad_(True)
         t_fp32 = timed(lambda: ours(M.fp32_logits(fp32)), args.repeats)
-        print(f"bandwidth {bw / 1e12:.2f} TB/s: bound {bound:,.0f} tokens/s; model.sample reaches "
+        print(f"bandwidth {bw / 1e12:.2f} TB/s: bound {bound:,.0f} tokens/s; sampler.sample reaches "
               f"{tokens / t_ours / bound:.1%}. fp32 weights under autocast: {t_fp32:.3f} s ({t_fp32 / t_ours:.2f}x bf16)")
         figures.update(bound_tokens_per_s=bound, bound_fraction=tokens / t_ours / bound, fp32_autocast_s=t_fp32)
     print(" ".join(f"{k}={v:.4g}" for k, v in figures.items()))

@@ -1,6 +1,6 @@
-"""Is model.sample exact on this device? Greedy, it must give model.generate's tokens; the log-probs it reports must
+"""Is sampler.sample exact on this device? Greedy, it must give model.generate's tokens; the log-probs it reports must
 equal completion_logprobs; with and without its CUDA graph (on GPUs) it must decode the same tokens. fp32 weights,
-no autocast, so that exactness is what is checked (tests/test_model.py checks the same on CPU, and the sampling
+no autocast, so that exactness is what is checked (tests/test_sampler.py checks the same on CPU, and the sampling
 distribution with a statistical test).
 
     python bench/sampler_check.py [--ckpt DIR] [--prompts 4] [--group-size 4] [--max-new-tokens 64]
@@ -9,7 +9,7 @@ import argparse
 import os
 
 import torch
-from common import M, data, tiny_setup
+from common import M, data, sampler, tiny_setup
 
 
 def main():
@@ -25,18 +25,18 @@ def main():
     tok, T = processor.tokenizer, args.max_new_tokens
     prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, records[:args.prompts]).items()}
     graph = device == "cuda"
-    greedy = M.sample(policy, processor, prompt, greedy=True, max_new_tokens=T, cuda_graph=graph)["completion_ids"]
+    greedy = sampler.sample(policy, processor, prompt, greedy=True, max_new_tokens=T, cuda_graph=graph)["completion_ids"]
     with torch.no_grad():
         theirs = policy.generate(**prompt, do_sample=False, max_new_tokens=T, eos_token_id=M.end_token_ids(tok),
-                                 pad_token_id=tok.pad_token_id, suppress_tokens=tok.convert_tokens_to_ids(M.VISION_TOKENS))
+                                 pad_token_id=tok.pad_token_id, suppress_tokens=tok.convert_tokens_to_ids(sampler.VISION_TOKENS))
     theirs = theirs[:, prompt["input_ids"].shape[1]:][:, :greedy.shape[1]]
     same_greedy = torch.equal(greedy, theirs)
-    out = M.sample(policy, processor, prompt, group_size=args.group_size, max_new_tokens=T, seed=0, cuda_graph=graph)
+    out = sampler.sample(policy, processor, prompt, group_size=args.group_size, max_new_tokens=T, seed=0, cuda_graph=graph)
     ids, mask = out["completion_ids"], out["completion_mask"]
     with torch.no_grad():
         lp = M.completion_logprobs(policy, M.repeat_prompts(prompt, args.group_size), ids, mask)
     diff = ((lp - out["logprobs"]) * mask).abs().max().item()
-    eager = M.sample(policy, processor, prompt, group_size=args.group_size, max_new_tokens=T, seed=0, cuda_graph=False)
+    eager = sampler.sample(policy, processor, prompt, group_size=args.group_size, max_new_tokens=T, seed=0, cuda_graph=False)
     same_graph = torch.equal(eager["completion_ids"], ids)
     print(f"{M.count_parameters(policy) / 1e6:.1f}M parameters on {device}: greedy tokens equal generate's: "
           f"{same_greedy}; sampled log-probs vs completion_logprobs: max |diff| {diff:.2e}; CUDA graph and eager "

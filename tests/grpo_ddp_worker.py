@@ -4,11 +4,13 @@ import sys
 import torch
 from safetensors.torch import save_file
 
+import distributed as D
 import model as M
+import run
 import train_grpo
 
 ckpt, rollouts_path, out, loss_agg = sys.argv[1:5]
-rank, world, device = M.init_distributed()
+rank, world, device = D.init_distributed()
 policy, _ = M.load_model(ckpt, device="cpu")
 policy.requires_grad_(True)
 roll = torch.load(rollouts_path, weights_only=True)
@@ -18,11 +20,11 @@ args = train_grpo.parse_args(["--data", "-", "--micro-batch", "4", "--group-size
                               "--iterations", "2", "--ratio-ref", "old", "--beta", "0.1"])
 params = [p for p in policy.parameters() if p.requires_grad]
 optimizer = torch.optim.SGD(params, lr=args.lr)  # plain SGD: compares gradients, not Adam's g/sqrt(v) of float noise
-scheduler = M.lr_schedule(optimizer, 10, 0.0, decay="constant")
+scheduler = run.lr_schedule(optimizer, 10, 0.0, decay="constant")
 args.precision = "fp32"
 train_grpo.policy_step(policy, policy, optimizer, scheduler, params, prompts, roll["ids"][rows], roll["mask"][rows],
                        roll["advantages"][rows], args)
 if rank == 0:
-    save_file(M.trainable_state(policy), out)
+    save_file(run.trainable_state(policy), out)
 if torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()

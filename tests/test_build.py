@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import build
 import data
 
 HEADER = ["image", "mask", "source", "modality", "anatomy", "anomaly", "pathology", "patient"]
@@ -37,7 +38,7 @@ def truth(record):
 
 def test_rebuilt_localization_equals_the_synthetic_truth(manifest, tmp_path):
     path, by_image = manifest
-    summary = data.build(path, str(tmp_path), seed=0)
+    summary = build.build(path, str(tmp_path), seed=0)
     train = data.load_jsonl(str(tmp_path / "train.jsonl"))
     test = data.load_jsonl(str(tmp_path / "test.jsonl"))
     built = train + test
@@ -54,8 +55,8 @@ def test_rebuilt_localization_equals_the_synthetic_truth(manifest, tmp_path):
 
 def test_a_fixed_seed_gives_byte_identical_output(manifest, tmp_path):
     path, _ = manifest
-    data.build(path, str(tmp_path / "a"), seed=5)
-    data.build(path, str(tmp_path / "b"), seed=5)
+    build.build(path, str(tmp_path / "a"), seed=5)
+    build.build(path, str(tmp_path / "b"), seed=5)
     for name in ("train.jsonl", "test.jsonl", "summary.json"):
         assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False)
 
@@ -85,7 +86,7 @@ def write_manifest(tmp_path, rows, vocab_rows=True):
 def test_largest_component_not_the_first_decides_the_region(tmp_path):
     path, _ = write_manifest(tmp_path, [dict(image="img16.png", mask="lesion.png", source="s", modality="MRI",
                                              anatomy="Brain", anomaly="yes", pathology="Tumor", patient="p")])
-    data.build(path, str(tmp_path / "out"), seed=0, test_frac=0.0,
+    build.build(path, str(tmp_path / "out"), seed=0, test_frac=0.0,
                vocab={"pathology": ["Tumor", "Cyst", "Edema", "Infarct"]})
     records = data.load_jsonl(str(tmp_path / "out" / "train.jsonl"))
     loc = next(r for r in records if r["task"] == "localization")
@@ -109,7 +110,7 @@ def test_largest_component_not_the_first_decides_the_region(tmp_path):
 def test_each_bad_row_names_manifest_line_and_field_and_nothing_is_written(tmp_path, row, field, words):
     path, line = write_manifest(tmp_path, [row])
     with pytest.raises(ValueError) as e:
-        data.build(path, str(tmp_path / "out"))
+        build.build(path, str(tmp_path / "out"))
     assert f"{path}:{line}: {field}: " in str(e.value) and words in str(e.value)
     assert not os.path.exists(tmp_path / "out")
 
@@ -118,7 +119,7 @@ def test_too_few_values_without_the_builtin_vocabulary_is_an_error(tmp_path):
     path, _ = write_manifest(tmp_path, [dict(image="img.png", source="s", modality="MRI", anatomy="Brain",
                                              anomaly="no")], vocab_rows=False)
     with pytest.raises(ValueError, match="anatomy: only 1 distinct values .*drop --no-builtin-vocab"):
-        data.build(path, str(tmp_path / "out"), builtin_vocab=False)
+        build.build(path, str(tmp_path / "out"), builtin_vocab=False)
 
 
 def test_one_modality_and_one_anatomy_take_distractors_from_medad38ks_vocabulary(tmp_path):
@@ -128,34 +129,34 @@ def test_one_modality_and_one_anatomy_take_distractors_from_medad38ks_vocabulary
     rows += [dict(image="img.png", source="s", modality="mri", anatomy="brain", anomaly="no", patient=f"q{i}")
              for i in range(4)]
     path, _ = write_manifest(tmp_path, rows, vocab_rows=False)
-    summary = data.build(path, str(tmp_path / "out"), seed=0, vocab={"pathology": ["Metastasis"]})
+    summary = build.build(path, str(tmp_path / "out"), seed=0, vocab={"pathology": ["Metastasis"]})
     sources = summary["distractor_sources"]
     assert sources["modality"]["manifest"] == ["mri"] and "MRI" not in sources["modality"]["built-in"]
     assert sources["anatomy"]["manifest"] == ["brain"] and "Liver" in sources["anatomy"]["built-in"]
     assert sources["pathology"] == {"manifest": ["Glioma", "Meningioma"], "--vocab": ["Metastasis"],
-                                    "built-in": [p for p in data.BUILTIN_VOCAB["pathology"] if p != "Glioma"]}
+                                    "built-in": [p for p in build.BUILTIN_VOCAB["pathology"] if p != "Glioma"]}
     records = data.load_jsonl(str(tmp_path / "out" / "train.jsonl")) + data.load_jsonl(str(tmp_path / "out" / "test.jsonl"))
     assert {r["task"] for r in records} == set(data.TASKS)
     for r in records:  # the answer once, never again as a synonym in other case ("mri" and "MRI")
         assert len({data.same_text(o) for o in r["options"]}) == 4
-        assert truth(r) in {"mri", "brain", "Glioma", "Meningioma"} | set(data.ANOMALY_OPTIONS) | set(data.REGIONS)
+        assert truth(r) in {"mri", "brain", "Glioma", "Meningioma"} | set(build.ANOMALY_OPTIONS) | set(data.REGIONS)
 
 
 def test_a_manifest_with_a_byte_order_mark_and_one_with_a_latin1_byte(tmp_path):
     path, line = write_manifest(tmp_path, [])
     text = open(path, encoding="utf-8").read()
     open(path, "w", encoding="utf-8-sig").write(text)
-    assert data.build(path, str(tmp_path / "ok"))["images"] == 4
+    assert build.build(path, str(tmp_path / "ok"))["images"] == 4
     open(path, "wb").write(text.replace("Brain", "Br\xe4in").encode("latin-1"))
     with pytest.raises(ValueError, match=r"m.csv:2: -: not UTF-8"):
-        data.build(path, str(tmp_path / "bad"))
+        build.build(path, str(tmp_path / "bad"))
     assert not os.path.exists(tmp_path / "bad")
 
 
 def test_the_builder_writes_what_training_reads(tmp_path):
     path, _ = write_manifest(tmp_path, [dict(image="img16.png", source="s", modality="CT", anatomy="Liver",
                                              anomaly="no", patient="p")])
-    data.build(path, str(tmp_path / "out"), test_frac=0.0)
+    build.build(path, str(tmp_path / "out"), test_frac=0.0)
     record = next(r for r in data.load_jsonl(str(tmp_path / "out" / "train.jsonl")) if "img16" in r["image"])
     written = np.asarray(data.load_image(record))
     assert np.array_equal(written, np.asarray(data.read_image(str(tmp_path / "img16.png"))))
@@ -166,7 +167,7 @@ def test_cot_model_writes_cots_and_keeps_only_those_the_judge_follows(manifest, 
     import model
     import rewards
     path, _ = manifest
-    templated = data.build(path, str(tmp_path / "m"), seed=0)
+    templated = build.build(path, str(tmp_path / "m"), seed=0)
     before = (tmp_path / "m" / "train.jsonl").read_bytes()
     summary = cots.main(["--data", str(tmp_path / "m"), "--cot-model", tiny_dir])
     assert (tmp_path / "m" / "train.jsonl").read_bytes() == before  # the templated set stays

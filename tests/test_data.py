@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import build
 import data
+import synth
 
 GOOD = {"id": "x-1", "image": "img.png", "task": "anomaly", "question": "Is there an anomaly?",
         "options": ["Normal", "Abnormal", "Artifact only", "Indeterminate"], "answer": "B", "cot": "A mass. So Abnormal."}
@@ -124,21 +126,21 @@ def square(H, W, r0, r1, c0, c1):
     (square(100, 200, 70, 80, 150, 152), "Right Lower"),  # x=151 > 3W/4
 ])
 def test_region_of_follows_the_design_rule(mask, region):
-    assert data.region_of(mask) == region
+    assert build.region_of(mask) == region
 
 
 def test_region_of_uses_the_largest_component_not_the_first():
     mask = square(100, 100, 5, 8, 5, 8)  # small, first in scan order, left upper
     mask[70:95, 70:95] = 1  # large, right lower
-    assert data.region_of(mask) == "Right Lower"
+    assert build.region_of(mask) == "Right Lower"
     diagonal = np.eye(30, dtype=np.uint8)  # 8-connected: one component along the diagonal
     diagonal[0:2, 25:30] = 1
-    assert data.region_of(np.pad(diagonal, ((0, 70), (0, 70)))) == "Left Upper"
+    assert build.region_of(np.pad(diagonal, ((0, 70), (0, 70)))) == "Left Upper"
 
 
 def test_region_of_rejects_an_empty_mask():
     with pytest.raises(ValueError, match="empty"):
-        data.region_of(np.zeros((10, 10)))
+        build.region_of(np.zeros((10, 10)))
 
 
 def test_synthetic_set_is_valid_balanced_and_consistent(synth_dir):
@@ -152,24 +154,24 @@ def test_synthetic_set_is_valid_balanced_and_consistent(synth_dir):
         assert r["cot"] and r["cot"].endswith(f"So the answer is {r['options']['ABCD'.index(r['answer'])]}.")
         if r["task"] == "localization":
             mask = np.array(Image.open(r["mask_path"]))
-            assert data.region_of(mask) == r["options"]["ABCD".index(r["answer"])], r["id"]
+            assert build.region_of(mask) == r["options"]["ABCD".index(r["answer"])], r["id"]
     assert not {r["patient"] for r in train} & {r["patient"] for r in test}
     assert 0.2 < len({r["image"] for r in test}) / len({r["image"] for r in records}) < 0.4
 
 
 def test_synthetic_set_is_byte_identical_for_one_seed(tmp_path):
-    a, b = data.synth(str(tmp_path / "a"), 12, seed=3), data.synth(str(tmp_path / "b"), 12, seed=3)
+    a, b = synth.synth(str(tmp_path / "a"), 12, seed=3), synth.synth(str(tmp_path / "b"), 12, seed=3)
     assert a == b
     for name in ["train.jsonl", "test.jsonl", "images/synth-00005.png"]:
         assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False)
-    data.synth(str(tmp_path / "c"), 12, seed=4)
+    synth.synth(str(tmp_path / "c"), 12, seed=4)
     assert not filecmp.cmp(tmp_path / "a" / "train.jsonl", tmp_path / "c" / "train.jsonl", shallow=False)
 
 
 def test_fixed_option_order_keeps_each_tasks_order_and_the_right_letter(tmp_path):
-    data.synth(str(tmp_path), 40, seed=1, shuffle_options=False)
+    synth.synth(str(tmp_path), 40, seed=1, shuffle_options=False)
     records = data.load_jsonl(str(tmp_path / "train.jsonl")) + data.load_jsonl(str(tmp_path / "test.jsonl"))
-    order = {**data.SYNTH_VOCAB, "anomaly": data.ANOMALY_OPTIONS, "localization": list(data.REGIONS)}
+    order = {**synth.SYNTH_VOCAB, "anomaly": build.ANOMALY_OPTIONS, "localization": list(data.REGIONS)}
     for r in records:
         assert r["options"] == sorted(r["options"], key=order[r["task"]].index), r["id"]
         assert r["cot"].endswith(f"So the answer is {r['options']['ABCD'.index(r['answer'])]}.")

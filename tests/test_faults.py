@@ -12,6 +12,7 @@ from helpers import ROOT, grpo_args
 from safetensors.torch import load_file
 
 import model as M
+import run
 import train_grpo
 
 TIMING = ("t_sample", "t_judge", "t_loss", "peak_mem_gb")
@@ -46,7 +47,7 @@ def test_a_run_killed_while_it_writes_resumes_to_the_uninterrupted_result(sft5, 
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not os.path.exists(out / "DONE")
     if when == "checkpoint":  # checkpoint-2 half written: checkpoint-1 is the newest complete one
-        assert os.path.isdir(out / "checkpoint-2.tmp") and M.latest_checkpoint(str(out)).endswith("checkpoint-1")
+        assert os.path.isdir(out / "checkpoint-2.tmp") and run.latest_checkpoint(str(out)).endswith("checkpoint-1")
         assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2]
     else:  # the weights moved into OUT, not yet its config: the folder does not load as a model
         assert os.path.isfile(out / "model.safetensors") and not os.path.exists(out / "config.json")
@@ -69,7 +70,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_previous_checkpoint(sft5, fiv
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
     with pytest.raises(OSError, match=r"checkpoint-2: \[Errno 28\] No space left.*still .*checkpoint-1: make room"):
         train_grpo.main(grpo_args(sft5, five, tmp_path, "--save-every", "1"))
-    assert M.latest_checkpoint(str(tmp_path)).endswith("checkpoint-1")
+    assert run.latest_checkpoint(str(tmp_path)).endswith("checkpoint-1")
     assert not os.path.exists(tmp_path / "checkpoint-2.tmp")  # the partial write is cleaned up, its space freed
     monkeypatch.undo()
     train_grpo.main(grpo_args(sft5, five, tmp_path, "--save-every", "1", "--resume"))

@@ -10,6 +10,8 @@ from safetensors.torch import load_file
 
 import data
 import model
+import run
+import sampler
 import train_grpo
 import train_sft
 from train_grpo import grpo_loss, group_advantages
@@ -113,7 +115,7 @@ def test_one_step_raises_positive_and_lowers_negative_advantage(sft_out, records
     for adv in ([1.0, 0.0], [0.0, -1.0]):  # each direction alone: first order, it must move its completion
         policy, _ = model.load_model(sft_out, device="cpu")
         policy.requires_grad_(True)
-        rollout = model.sample(policy, processor, prompt, group_size=2, max_new_tokens=16, seed=0)
+        rollout = sampler.sample(policy, processor, prompt, group_size=2, max_new_tokens=16, seed=0)
         ids, mask = rollout["completion_ids"], rollout["completion_mask"]
         prompts = model.repeat_prompts(prompt, 2)
         before = model.completion_logprobs(policy, prompts, ids, mask).detach()
@@ -182,7 +184,7 @@ def test_resume_equals_an_uninterrupted_run(sft_out, synth_dir, tmp_path, monkey
 def test_two_gloo_processes_take_the_same_step_as_one(sft_out, records, tmp_path, loss_agg):
     policy, processor = model.load_model(sft_out, device="cpu")
     prompt = data.prompt_batch(processor, records[:2])
-    rollout = model.sample(policy, processor, prompt, group_size=4, max_new_tokens=12, seed=0)
+    rollout = sampler.sample(policy, processor, prompt, group_size=4, max_new_tokens=12, seed=0)
     torch.save({"prompts": prompt, "ids": rollout["completion_ids"],
                 "mask": rollout["completion_mask"], "advantages": torch.tensor([1.0, -1, 0.5, -0.5, 0.2, 0.3, -0.9, 0.4])},
                tmp_path / "rollouts.pt")
@@ -191,7 +193,7 @@ def test_two_gloo_processes_take_the_same_step_as_one(sft_out, records, tmp_path
     subprocess.run([sys.executable, os.path.join(ROOT, "tests", "grpo_ddp_worker.py"), *common,
                     str(tmp_path / "one.safetensors"), loss_agg], check=True, env=ENV, cwd=ROOT, capture_output=True)
     a, b = load_file(tmp_path / "ddp.safetensors"), load_file(tmp_path / "one.safetensors")
-    before = model.trainable_state(policy.requires_grad_(True))
+    before = run.trainable_state(policy.requires_grad_(True))
     assert any(not torch.equal(a[k], before[k]) for k in a)  # the step moved the weights
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)

@@ -1,3 +1,4 @@
+"""Loading the policy and its processor, LoRA, and the log-probs of completions (model.py)."""
 import json
 import os
 
@@ -6,6 +7,8 @@ import torch
 
 import data
 import model
+import sampler
+from tiny import SPECIAL_TOKENS
 
 
 def test_tiny_loads_offline_like_the_hub_model(tiny_dir, tiny):
@@ -14,7 +17,7 @@ def test_tiny_loads_offline_like_the_hub_model(tiny_dir, tiny):
     config = json.load(open(os.path.join(tiny_dir, "config.json")))
     assert config["image_token_id"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     assert config["text_config"]["vocab_size"] >= len(processor.tokenizer)
-    for token in model.SPECIAL_TOKENS:  # every special token is one token, as in Qwen's tokenizer
+    for token in SPECIAL_TOKENS:  # every special token is one token, as in Qwen's tokenizer
         assert len(processor.tokenizer(token, add_special_tokens=False)["input_ids"]) == 1
     assert processor.tokenizer.padding_side == "left"
     assert model.count_parameters(m) < 2_000_000
@@ -51,88 +54,6 @@ def test_completion_logprobs_equal_full_log_softmax_and_keep_only_completion_log
     torch.testing.assert_close(lp[mask.bool()], naive[mask.bool()], atol=1e-5, rtol=1e-5)
 
 
-def test_sampling_groups_mask_and_seed(tiny, records):
-    m, processor = tiny
-    batch = data.prompt_batch(processor, records[:2])
-    a = model.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=7)
-    b = model.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=7)
-    c = model.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=8)
-    assert a["completion_ids"].shape[0] == 8 and len(a["texts"]) == 8
-    assert torch.equal(a["completion_ids"], b["completion_ids"]) and a["texts"] == b["texts"]
-    assert not torch.equal(a["completion_ids"], c["completion_ids"])
-    vision = processor.tokenizer.convert_tokens_to_ids(model.VISION_TOKENS)
-    assert not torch.isin(a["completion_ids"], torch.tensor(vision)).any()
-
-
-def left_padded_pair(processor, records):
-    pair = [records[0], next(r for r in records if r["image"] != records[0]["image"] and len(r["question"]) > 45)]
-    batch = data.prompt_batch(processor, pair)
-    assert (batch["attention_mask"][:, 0] == 0).any(), "rows of different lengths: one must be left padded"
-    return batch
-
-
-def test_the_sampler_decodes_greedily_as_generate_does(tiny, records):
-    m, processor = tiny
-    batch = left_padded_pair(processor, records)
-    tok = processor.tokenizer
-    ours = model.sample(m, processor, batch, greedy=True, group_size=3, max_new_tokens=40)["completion_ids"]
-    theirs = m.generate(**batch, do_sample=False, max_new_tokens=40, eos_token_id=model.end_token_ids(tok),
-                        pad_token_id=tok.pad_token_id, suppress_tokens=tok.convert_tokens_to_ids(model.VISION_TOKENS))
-    theirs = theirs[:, batch["input_ids"].shape[1]:].repeat_interleave(3, 0)
-    assert ours.shape[1] > 20 and torch.equal(ours, theirs[:, :ours.shape[1]])
-
-
-def test_the_samplers_logprobs_are_those_of_a_second_forward(tiny, records):
-    """What the sampler reports for each token is log π_θ (temperature 1, nothing suppressed): the loss's numbers."""
-    m, processor = tiny
-    batch = left_padded_pair(processor, records)
-    for kwargs in (dict(), dict(temperature=0.7, top_p=0.9)):  # the log-probs stay π_θ's whatever the sampling
-        out = model.sample(m, processor, batch, group_size=4, max_new_tokens=32, seed=3, **kwargs)
-        ids, mask = out["completion_ids"], out["completion_mask"]
-        with torch.no_grad():
-            lp = model.completion_logprobs(m, model.repeat_prompts(batch, 4), ids, mask)
-        torch.testing.assert_close(out["logprobs"][mask.bool()], lp[mask.bool()], atol=1e-5, rtol=1e-5)
-        assert (out["logprobs"][mask == 0] == 0).all()
-
-
-def chi_square(counts, probs):
-    """Pearson's statistic and its degrees of freedom, bins of expected count < 5 pooled into one."""
-    expected = probs * counts.sum()
-    keep = expected >= 5
-    stat = ((counts - expected)[keep] ** 2 / expected[keep]).sum()
-    rest = expected[~keep].sum()
-    if rest > 0:
-        stat += (counts[~keep].sum() - rest) ** 2 / rest
-    return stat.item(), int(keep.sum())
-
-
-@pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9)])
-def test_the_sampler_draws_from_pi_theta(tiny, records, temperature, top_p):
-    """20,000 first tokens of one prompt against π_θ's next-token distribution, computed here independently:
-    softmax(logits / T) over the tokens that may be sampled, cut to the nucleus. A draw from the wrong distribution
-    (T = 0.9) fails the same test."""
-    m, processor = tiny
-    batch = data.prompt_batch(processor, records[:1])
-    with torch.no_grad():
-        logits = m(**batch).logits[0, -1].double()
-    logits[processor.tokenizer.convert_tokens_to_ids(model.VISION_TOKENS)] = float("-inf")
-
-    def target(t):
-        p = (logits / t).softmax(-1)
-        ranked, order = p.sort(descending=True)
-        keep = ranked.cumsum(0) - ranked < top_p  # the nucleus: the most likely tokens until their mass reaches top_p
-        p = torch.zeros_like(p).scatter(0, order, ranked * keep)
-        return p / p.sum()
-
-    draws = model.sample(m, processor, batch, group_size=20_000, max_new_tokens=1, seed=0, temperature=temperature,
-                         top_p=top_p)["completion_ids"][:, 0]
-    counts = torch.bincount(draws, minlength=logits.numel()).double()
-    stat, df = chi_square(counts, target(temperature))
-    assert df >= 5 and stat < df + 6 * (2 * df) ** 0.5, (stat, df)  # p ~ 1e-6 at the bound: a seeded, stable test
-    wrong, df_wrong = chi_square(counts, target(0.9 if temperature == 1.0 else 1.0))
-    assert wrong > df_wrong + 6 * (2 * df_wrong) ** 0.5, (wrong, df_wrong)
-
-
 def test_end_of_turn_mask_stops_after_the_first_end_token():
     E = 9
     ids = torch.tensor([[1, 2, E, 3, E], [1, 2, 3, 4, 5], [E, 1, 1, 1, 1]])
@@ -165,7 +86,7 @@ def test_repeat_prompts_repeats_rows_and_image_patches(tiny, records):
 def test_group_logprobs_share_the_prompt_and_equal_the_repeated_path(tiny, records):
     m, processor = tiny
     prompt = data.prompt_batch(processor, records[:3])
-    rollout = model.sample(m, processor, prompt, group_size=4, max_new_tokens=16, seed=1)
+    rollout = sampler.sample(m, processor, prompt, group_size=4, max_new_tokens=16, seed=1)
     ids, mask = rollout["completion_ids"], rollout["completion_mask"]
     m.requires_grad_(True)
     params = list(m.parameters())
@@ -197,7 +118,7 @@ def rows_through(m, fn):
 def test_group_logprobs_run_each_prompt_once_per_group(tiny, records):
     m, processor = tiny
     prompt = data.prompt_batch(processor, records[:3])
-    rollout = model.sample(m, processor, prompt, group_size=4, max_new_tokens=16, seed=1)
+    rollout = sampler.sample(m, processor, prompt, group_size=4, max_new_tokens=16, seed=1)
     ids, mask = rollout["completion_ids"], rollout["completion_mask"]
     P, T = prompt["input_ids"].shape[1], ids.shape[1]
     images, layer = rows_through(m, lambda: model.group_logprobs(m, prompt, ids, mask, 4))
@@ -223,7 +144,7 @@ def test_images_of_different_sizes_in_one_batch(tiny_dir, records, tmp_path):
         rs.append({**records[i], "image_path": str(path)})
     prompt = data.prompt_batch(processor, rs)
     assert prompt["image_grid_thw"].prod(1).tolist() == [64, 32, 16]
-    rollout = model.sample(m, processor, prompt, group_size=2, max_new_tokens=12, seed=0)
+    rollout = sampler.sample(m, processor, prompt, group_size=2, max_new_tokens=12, seed=0)
     ids, mask = rollout["completion_ids"], rollout["completion_mask"]
     with torch.no_grad():
         together = model.group_logprobs(m, prompt, ids, mask, 2)
@@ -239,7 +160,6 @@ def test_images_of_different_sizes_in_one_batch(tiny_dir, records, tmp_path):
 
 def test_max_pixels_bounds_the_image_tokens(tiny_dir, records, tmp_path):
     import numpy as np
-    import pytest
     from PIL import Image
     Image.fromarray(np.zeros((2048, 2048, 3), np.uint8)).save(tmp_path / "big.png")
     big = {**records[0], "image_path": str(tmp_path / "big.png")}
@@ -249,24 +169,3 @@ def test_max_pixels_bounds_the_image_tokens(tiny_dir, records, tmp_path):
     assert tokens(model.load_processor(tiny_dir, max_pixels=model.MAX_PIXELS)) == 16  # a lower own bound stays
     with pytest.raises(ValueError, match="below the processor's smallest image"):
         model.load_processor(tiny_dir, max_pixels=100)
-
-
-def test_sampling_ignores_the_checkpoints_generation_config(tiny_dir, records, tmp_path):
-    """Qwen2.5-VL-3B-Instruct ships chat settings (repetition_penalty 1.05, top_k 1, ...): rollouts and evaluation
-    must decode π_θ itself, sampled and greedy alike."""
-    import shutil
-    chatty = tmp_path / "chatty"
-    shutil.copytree(tiny_dir, chatty)
-    config = json.load(open(chatty / "generation_config.json"))
-    config.update(repetition_penalty=1.05, top_k=1, top_p=0.001, temperature=0.1, do_sample=True,
-                  no_repeat_ngram_size=2, typical_p=0.5, min_new_tokens=20, min_p=0.2, epsilon_cutoff=3e-4)
-    json.dump(config, open(chatty / "generation_config.json", "w"))
-    plain, processor = model.load_model(tiny_dir, device="cpu")
-    chat, _ = model.load_model(str(chatty), device="cpu")
-    assert chat.generation_config.repetition_penalty == 1.05  # the checkpoint's settings are loaded ...
-    prompt = data.prompt_batch(processor, records[:2])
-    for kwargs in (dict(group_size=4, seed=3), dict(greedy=True)):
-        a = model.sample(plain, processor, prompt, max_new_tokens=32, **kwargs)
-        b = model.sample(chat, processor, prompt, max_new_tokens=32, **kwargs)
-        assert torch.equal(a["completion_ids"], b["completion_ids"])  # ... and sampling ignores them
-    assert chat.generation_config.repetition_penalty == 1.05  # and keeps them for whoever else uses the model

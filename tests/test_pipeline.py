@@ -9,21 +9,23 @@ import data
 import evaluate
 import model
 import rewards
+import synth
+import tiny
 import train_grpo
 import train_sft
 
 
 def test_sft_beats_the_untrained_model_and_the_pipeline_runs_end_to_end(tmp_path):
-    data.synth(str(tmp_path / "data"), n_images=600, seed=0, shuffle_options=False)
+    synth.synth(str(tmp_path / "data"), n_images=600, seed=0, shuffle_options=False)
     train, test = str(tmp_path / "data" / "train.jsonl"), str(tmp_path / "data" / "test.jsonl")
-    tiny = model.build_tiny(str(tmp_path / "tiny"), seed=0, corpus=list(model.corpus_lines([train])), vocab_size=1024)
+    untrained = tiny.build_tiny(str(tmp_path / "tiny"), seed=0, corpus=list(tiny.corpus_lines([train])), vocab_size=1024)
     small = ["--batch-size", "16", "--micro-batch", "16", "--lr", "1.5e-3", "--full"]
-    train_sft.main(["--model", tiny, "--data", train, "--out", str(tmp_path / "judge"), "--judge", "--epochs", "1", *small,
+    train_sft.main(["--model", untrained, "--data", train, "--out", str(tmp_path / "judge"), "--judge", "--epochs", "1", *small,
                     "--eval-data", test, "--eval-every", "1000", "--eval-samples", "64"])  # evaluated at the last step
-    train_sft.main(["--model", tiny, "--data", train, "--out", str(tmp_path / "sft"), "--train-vision", "--epochs", "4", *small])
+    train_sft.main(["--model", untrained, "--data", train, "--out", str(tmp_path / "sft"), "--train-vision", "--epochs", "4", *small])
     train_grpo.main(["--ckpt", str(tmp_path / "sft"), "--out", str(tmp_path / "grpo"), "--judge", str(tmp_path / "judge"),
                      "--epochs", "0.005", "--max-new-tokens", "64", "--lr", "3e-4"])
-    evaluate.main(["--ckpt", tiny, str(tmp_path / "sft"), str(tmp_path / "grpo"), "--names", "untrained", "sft", "grpo",
+    evaluate.main(["--ckpt", untrained, str(tmp_path / "sft"), str(tmp_path / "grpo"), "--names", "untrained", "sft", "grpo",
                    "--data", test, "--out", str(tmp_path / "eval"), "--temperature", "0", "--seeds", "0",
                    "--max-new-tokens", "64", "--judge", str(tmp_path / "judge"), "--limit", "150"])
     results = {r["name"]: r["mean"] for r in json.load(open(tmp_path / "eval" / "results.json"))["results"]}

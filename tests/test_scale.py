@@ -10,7 +10,10 @@ from helpers import free_port, grpo_args, metrics, torchrun
 from safetensors.torch import load_file
 
 import data
+import distributed as D
 import model as M
+import run
+import sampler
 import train_grpo
 
 # ---- precision: π_θ and π_SFT in one regime, autocast around forward passes only ----
@@ -54,7 +57,7 @@ def test_the_second_iteration_sees_the_updated_weights_under_bf16(tiny_dir, reco
     policy, processor = M.load_model(tiny_dir, device="cpu", dtype=torch.float32)
     policy.requires_grad_(True)
     prompt = data.prompt_batch(processor, records[:1])
-    rollout = M.sample(policy, processor, prompt, group_size=4, max_new_tokens=24, seed=0)
+    rollout = sampler.sample(policy, processor, prompt, group_size=4, max_new_tokens=24, seed=0)
     ids, mask = rollout["completion_ids"], rollout["completion_mask"]
     args = train_grpo.parse_args(["--data", "-", "--group-size", "4", "--micro-batch", "4", "--iterations", "2",
                                   "--ratio-ref", "old", "--precision", "bf16", "--lr", "1e-2"])
@@ -64,7 +67,7 @@ def test_the_second_iteration_sees_the_updated_weights_under_bf16(tiny_dir, reco
     original = train_grpo.grpo_loss
     train_grpo.grpo_loss = lambda logps, *a, **k: seen.append(logps.detach()) or original(logps, *a, **k)
     try:
-        train_grpo.policy_step(policy, policy, optimizer, M.lr_schedule(optimizer, 4, 0.0, "constant"), params,
+        train_grpo.policy_step(policy, policy, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"), params,
                                prompt, ids, mask, torch.tensor([1.0, -1.0, 0.5, -0.5]), args)
         with M.autocast("cpu", "bf16"):
             after = M.group_logprobs(policy, prompt, ids, mask, 4).detach()  # π_θ after both steps
@@ -77,7 +80,7 @@ def test_the_second_iteration_sees_the_updated_weights_under_bf16(tiny_dir, reco
     params = [p for p in fresh.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr)
     args.iterations = 1
-    train_grpo.policy_step(fresh, fresh, optimizer, M.lr_schedule(optimizer, 4, 0.0, "constant"), params, prompt, ids,
+    train_grpo.policy_step(fresh, fresh, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"), params, prompt, ids,
                            mask, torch.tensor([1.0, -1.0, 0.5, -0.5]), args)
     with M.autocast("cpu", "bf16"):
         one_step = M.group_logprobs(fresh, prompt, ids, mask, 4).detach()
@@ -103,10 +106,10 @@ def test_collectives_run_in_a_group_of_one_process(group_of_one, monkeypatch):
     calls = []
     real = dist.all_reduce
     monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: calls.append(t.device) or real(t, *a, **k))
-    assert M.all_reduce_sum({"a": 1.5, "b": 2.0}) == {"a": 1.5, "b": 2.0} and M.all_reduce_sum(3.0) == 3.0
+    assert D.all_reduce_sum({"a": 1.5, "b": 2.0}) == {"a": 1.5, "b": 2.0} and D.all_reduce_sum(3.0) == 3.0
     net = torch.nn.Linear(2, 2)
     net(torch.ones(1, 2)).sum().backward()
-    M.sync_grads(list(net.parameters()))
+    D.sync_grads(list(net.parameters()))
     assert len(calls) == 4  # two sums, two gradients: NCCL runs even on one GPU, as on eight
 
 
@@ -115,8 +118,8 @@ def test_collectives_take_tensors_on_the_groups_device(group_of_one, monkeypatch
     a fake all_reduce checks where each tensor lives."""
     monkeypatch.setattr(dist, "get_backend", lambda *a: "nccl")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
-    assert M.group_device() == torch.device("cuda", 3)
-    monkeypatch.setattr(M, "group_device", lambda: torch.device("meta"))
+    assert D.group_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(D, "group_device", lambda: torch.device("meta"))
     seen = []
 
     def fake_all_reduce(t, *a, **k):
@@ -125,9 +128,9 @@ def test_collectives_take_tensors_on_the_groups_device(group_of_one, monkeypatch
 
     monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
     with pytest.raises(Reduced):
-        M.all_reduce_sum({"loss": 1.0})
+        D.all_reduce_sum({"loss": 1.0})
     with pytest.raises(Reduced):
-        M.sync_grads([torch.nn.Parameter(torch.zeros(2, device="meta"))])  # a parameter on the GPU: its grad there
+        D.sync_grads([torch.nn.Parameter(torch.zeros(2, device="meta"))])  # a parameter on the GPU: its grad there
     assert seen == [torch.device("meta")] * 2
 
 

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import data
 import model
+import sampler
 import train_sft
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_overfits_eight_examples_and_reloads_with_peft(tiny_dir, eight, tmp_path
     _, processor = model.load_model(str(tmp_path), device="cpu")
     records = data.load_jsonl(eight)
     prompt = data.prompt_batch(processor, records)
-    texts = model.sample(policy, processor, prompt, greedy=True, max_new_tokens=80)["texts"]
+    texts = sampler.sample(policy, processor, prompt, greedy=True, max_new_tokens=80)["texts"]
     assert texts == [data.target(r) for r in records]
     # the folder holds a standard PEFT adapter: PeftModel.from_pretrained gives the same logits
     from peft import PeftModel

@@ -1,0 +1,171 @@
+"""Decoding π_θ: each prompt prefilled once for its G samples, a static KV cache, a CUDA graph, π_θ's log-probs.
+
+Imports model.py only (the Qwen2.5-VL core that computes M-RoPE positions, the end-of-turn tokens).
+
+    out = sample(policy, processor, prompt, group_size=8, max_new_tokens=512)   # ids, mask, log-probs, texts
+
+transformers' `generate` prefills every one of the G copies of a prompt and launches ~1,000 kernels a token from
+Python; here a prompt is prefilled once, its keys and values copied to its G rows, and on GPUs a decode step is one
+CUDA graph replay. `tests/test_sampler.py` holds it to `generate` (greedy), to a second forward (log-probs) and to
+π_θ's distribution (Pearson's χ²).
+"""
+import torch
+from torch.distributed.fsdp import FSDPModule
+
+import model as M
+
+VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+
+
+class KVCache:
+    """Keys and values of every layer in preallocated buffers, [batch, kv heads, length, head dim], written from
+    position `pos` on (a tensor, so that a CUDA graph can replay a decode step): what the attention layers of
+    transformers call `update` on."""
+
+    def __init__(self, length: int, pos: int = 0, device=None):
+        self.length, self.keys, self.values = length, {}, {}
+        self.pos = torch.tensor(pos, device=device)
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if layer_idx not in self.keys:
+            shape = (*key_states.shape[:2], self.length, key_states.shape[3])
+            self.keys[layer_idx], self.values[layer_idx] = key_states.new_zeros(shape), value_states.new_zeros(shape)
+        where = self.pos + torch.arange(key_states.shape[2], device=key_states.device)
+        self.keys[layer_idx].index_copy_(2, where, key_states)
+        self.values[layer_idx].index_copy_(2, where, value_states)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def repeat(self, n: int, length: int) -> "KVCache":
+        """Each row n times in a row, in buffers of `length` positions: a prompt's keys and values for its G samples."""
+        grown = KVCache(length, int(self.pos), self.pos.device)
+        for stored, into in ((self.keys, grown.keys), (self.values, grown.values)):  # keys may be fp32, values bf16
+            for i, t in stored.items():
+                into[i] = t.new_zeros(t.shape[0] * n, t.shape[1], length, t.shape[3])
+                into[i][:, :, :self.length] = t.repeat_interleave(n, 0)
+        return grown
+
+
+def _mask(allowed: torch.Tensor, model) -> dict:
+    """A [B, 1, queries, keys] boolean mask (True: may attend) in the form the attention implementation takes."""
+    if model.config._attn_implementation == "eager":  # additive
+        allowed = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return {"full_attention": allowed}
+
+
+def _pick(logits, *, greedy: bool, temperature: float, top_p: float, banned: torch.Tensor):
+    """The next token of each row, and its log-probability under π_θ itself (temperature 1, nothing banned): what
+    completion_logprobs gives for it. Sampling draws argmax(p / E), E ~ Exp(1): a draw from p without a host sync."""
+    logp = logits.log_softmax(-1)
+    scores = logits.masked_fill(banned, float("-inf"))
+    if greedy:
+        token = scores.argmax(-1)
+    else:
+        probs = (scores / temperature).softmax(-1)
+        if top_p < 1.0:  # the smallest set of most likely tokens whose mass reaches top_p
+            sorted_probs, order = probs.sort(-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+            probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+        token = (probs / torch.empty_like(probs).exponential_()).argmax(-1)
+    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+
+
+@torch.no_grad()
+def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_tokens: int = 256,
+           temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, seed: int | None = None,
+           min_new_tokens: int = 0, cuda_graph: bool | None = None) -> dict:
+    """G completions per prompt, decoded from π_θ itself. Rows are grouped consecutively: [p0 s0..sG-1, p1 s0, ...].
+
+    Each prompt, its image included, is prefilled once and its keys and values copied to its G rows; then one
+    forward a token for all rows, on a static KV cache, captured in a CUDA graph on GPUs (cuda_graph=None: where it
+    can). Temperature and top-p as given, top-k off, nothing of the checkpoint's generation_config.json (Qwen2.5-VL-
+    3B-Instruct's repetition_penalty 1.05 and top_k 1 would make every rollout off-policy for Eq. 8). Vision tokens
+    are never sampled (a sampled <|image_pad|> breaks the next forward's image-token count); no end of turn before
+    min_new_tokens. Returns completion ids [N*G, T] (pad after the end), their mask (up to the first end-of-turn
+    token, included), their log-probs under π_θ at temperature 1 [N*G, T] (as completion_logprobs gives them) and
+    texts.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    tok = processor.tokenizer
+    end_ids = torch.tensor(M.end_token_ids(tok), device=prompt["input_ids"].device)
+    (N, P), G, T = prompt["input_ids"].shape, group_size, max_new_tokens
+    B, L, device = N * G, P + T, prompt["input_ids"].device
+
+    # ---- prefill each prompt once; its keys and values then serve its G rows ----
+    valid = prompt["attention_mask"].bool()  # left padding
+    positions, deltas = M.inner(model).get_rope_index(prompt["input_ids"], mm_token_type_ids=prompt.get("mm_token_type_ids"),
+                                                     image_grid_thw=prompt.get("image_grid_thw"), attention_mask=prompt["attention_mask"])
+    causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+    allowed = (causal & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)  # a pad attends to itself
+    prefill = KVCache(P, device=device)
+    logits = model(**{k: v for k, v in prompt.items() if k != "attention_mask"}, position_ids=positions,
+                   attention_mask=_mask(allowed[:, None], model), cache=prefill, use_cache=True,
+                   logits_to_keep=1).logits[:, -1].float().repeat_interleave(G, 0)
+    cache = prefill.repeat(G, L)
+    seen = torch.zeros(B, L, dtype=torch.bool, device=device)  # keys each row may attend to
+    seen[:, :P] = valid.repeat_interleave(G, 0)
+    # the M-RoPE position of the first new token (the prompt's last + 1), all three axes alike, padding not counted
+    start = (valid.sum(1) + deltas.view(N)).repeat_interleave(G)
+
+    # ---- decode: one forward a token for all rows ----
+    token_in = torch.zeros(B, 1, dtype=torch.long, device=device)
+    position_in = torch.zeros(3, B, 1, dtype=torch.long, device=device)
+
+    def step():
+        return model(input_ids=token_in, position_ids=position_in, attention_mask=_mask(seen[:, None, None], model),
+                     cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+
+    if cuda_graph is None:  # where it can: on a GPU, a model not sharded (FSDP's hooks run Python at every forward)
+        cuda_graph = device.type == "cuda" and not isinstance(model, FSDPModule)
+    graph = None
+    banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
+    banned[tok.convert_tokens_to_ids(VISION_TOKENS)] = True
+    no_end = banned.clone()
+    no_end[end_ids] = True
+    ids = torch.full((B, T), tok.pad_token_id, dtype=torch.long, device=device)
+    logps = torch.zeros(B, T, device=device)
+    ended = torch.zeros(B, dtype=torch.bool, device=device)
+    for t in range(T):
+        token, logp = _pick(logits, greedy=greedy, temperature=temperature, top_p=top_p,
+                            banned=no_end if t < min_new_tokens else banned)
+        ids[:, t] = token.masked_fill(ended, tok.pad_token_id)
+        logps[:, t] = logp
+        ended |= torch.isin(token, end_ids)
+        if t == T - 1 or (t % 8 == 7 and bool(ended.all())):  # a host sync every 8 tokens, not every token
+            break
+        token_in.copy_(ids[:, t:t + 1])
+        position_in.copy_((start + t).view(1, B, 1).expand(3, B, 1))
+        seen[:, P + t] = True
+        cache.pos.fill_(P + t)
+        if cuda_graph and graph is None:
+            graph, logits_out = _capture(step)
+            cuda_graph = graph is not None
+        if graph is not None:
+            graph.replay()  # logits_out is read before the next replay overwrites it
+            logits = logits_out
+        else:
+            logits = step()
+    mask = M.end_of_turn_mask(ids[:, :t + 1], end_ids.tolist())
+    ids, logps = ids[:, :t + 1].masked_fill(mask == 0, tok.pad_token_id), logps[:, :t + 1] * mask
+    return {"completion_ids": ids, "completion_mask": mask, "logprobs": logps,
+            "texts": tok.batch_decode(ids, skip_special_tokens=True)}
+
+
+def _capture(step):
+    """(a CUDA graph of step(), its output buffer), or (None, None) where the model cannot be captured: one replay
+    then runs the whole decode step, every kernel at once, instead of ~1,000 launches from Python."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm up: cuBLAS workspaces, autocast's cached casts (the step writes the same keys)
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = step()
+        return graph, out
+    except RuntimeError as e:  # a host sync or a CPU-side branch inside the model: decode without the graph
+        print(f"sampler.sample: decoding without a CUDA graph ({type(e).__name__}: {str(e)[:200]})")
+        return None, None
+
