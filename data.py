@@ -12,6 +12,7 @@ One JSON object a line; image paths are relative to the JSONL file's folder:
 import argparse
 import json
 import os
+import re
 
 import numpy as np
 from PIL import Image
@@ -158,6 +159,24 @@ def load_jsonl(path: str) -> list[dict]:
     return [r for _, r in records]
 
 
+def check_cots(records: list[dict]):
+    """SFT's targets must be what R_fmt scores 1 (Eq. 4): every record has a `cot` that is not empty and holds no
+    <think>/<answer> tag and no <|...|> special token. Every bad record is reported as `file:line: cot: problem`."""
+    errors = []
+    for r in records:
+        cot = r.get("cot")
+        found = [tag for tag in ("<think>", "</think>", "<answer>", "</answer>") if tag in (cot or "")]
+        found += re.findall(r"<\|[^|<>\s]+\|>", cot or "")
+        problem = ("missing (SFT needs the CoT of every record)" if cot is None else "empty" if not cot.strip() else
+                   f"holds {', '.join(found)}: the target <think>cot</think><answer>letter</answer> would not be well "
+                   "formed" if found else None)
+        if problem:
+            errors.append(f"{r['where']}: cot: {problem}")
+    if errors:
+        shown = errors[:MAX_ERRORS] + ([f"... and {len(errors) - MAX_ERRORS} more"] if len(errors) > MAX_ERRORS else [])
+        raise ValueError(f"{len(errors)} record(s) cannot be SFT targets:\n" + "\n".join(shown))
+
+
 def load_image(record: dict) -> Image.Image:
     """The record's image as the model sees it; an unreadable one is an error naming the JSONL file and line."""
     try:
@@ -192,11 +211,11 @@ def prompt_batch(processor, records: list[dict]) -> dict:
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The global batches of one epoch over n items: a permutation seeded by (seed, epoch), so that a resumed run sees
-    the same, cut into ceil(n / batch_size) batches of exactly batch_size. The last is filled up from the start of the
-    permutation (wrapped): every step has the same size, and no rank of a data-parallel run is left without items."""
-    import torch
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    """The global batches of one epoch over n items: a permutation seeded by the pair (seed, epoch) (numpy's SeedSequence:
+    no two pairs share a stream), so that a resumed run sees the same, cut into ceil(n / batch_size) batches of exactly
+    batch_size. The last is filled up from the start of the permutation (wrapped): every step has the same size, and
+    no rank of a data-parallel run is left without items."""
+    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
     steps = -(-n // batch_size)
     wrapped = (order * -(-steps * batch_size // n))[:steps * batch_size]
     return [wrapped[i:i + batch_size] for i in range(0, len(wrapped), batch_size)]

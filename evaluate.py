@@ -31,16 +31,23 @@ import sampler
 
 TABLE1 = [("anatomy", "Anatomy ID."), ("anomaly", "Anomaly Det."), ("localization", "Lesion Loc."),
           ("modality", "Modality Class."), ("pathology", "Pathology Char.")]
-EXTRA = [("format_rate", "Format"), ("consistency_rate", "Consistency"), ("unparseable_rate", "Unparseable"),
+EXTRA = [("format_rate", "Format"), ("consistency_rate", "Consistency"), ("consistency_parsed", "Consistency (parsed)"),
+         ("unparseable_rate", "Unparseable"),
          ("sensitivity", "Anomaly sens."), ("specificity", "Anomaly spec."), ("completion_len", "Length")]
 ABNORMAL, NORMAL = build.ANOMALY_OPTIONS[0], build.ANOMALY_OPTIONS[1]
+COUNTS = ("What the columns count: Format, Consistency and Unparseable are over every question; Consistency counts an "
+          "unparseable answer (or an empty thought) as inconsistent, Consistency (parsed) is over the questions whose "
+          f"answer parsed. Anomaly sensitivity is over the anomaly questions whose answer is \"{ABNORMAL}\" (the "
+          f"positive), specificity over those whose answer is \"{NORMAL}\"; any other answer (the other of the two, "
+          "\"Artifact only\", \"Indeterminate\" or an unparseable one) counts as a miss. Options are matched case and "
+          "spaces aside.")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", nargs="+", required=True, help="checkpoints: folders or hub ids, one table row each")
     p.add_argument("--names", nargs="+", help="row names (default: the checkpoint paths)")
-    p.add_argument("--data", required=True, help="test JSONL (design.md schema)")
+    p.add_argument("--data", required=True, help="test JSONL (the schema in README.md, \"The JSONL the scripts read\")")
     p.add_argument("--out", default="eval_out", help="output folder (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (paper: 3 runs)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0: greedy (default: 1.0)")
@@ -73,13 +80,16 @@ def metrics(rows: list[dict]) -> dict:
     out = {task: rate([r for r in rows if r["task"] == task], "correct") for task, _ in TABLE1}
     out["overall"] = rate(rows, "correct")
     out["format_rate"] = rate(rows, "format_ok")
-    out["consistency_rate"] = rate(rows, "consistent")
+    out["consistency_rate"] = rate(rows, "consistent")  # over every question: an unparseable answer is inconsistent
+    out["consistency_parsed"] = rate([r for r in rows if r["letter"] is not None], "consistent")
     out["unparseable_rate"] = float(np.mean([r["letter"] is None for r in rows]))
+    # "Abnormal" is the positive answer; any other (Normal, Artifact only, Indeterminate, none) misses a positive
     anomaly = [r for r in rows if r["task"] == "anomaly"]
-    positives = [r for r in anomaly if r["truth_text"] == ABNORMAL]
-    negatives = [r for r in anomaly if r["truth_text"] == NORMAL]
-    out["sensitivity"] = rate([{"hit": r["predicted_text"] == ABNORMAL} for r in positives], "hit")
-    out["specificity"] = rate([{"hit": r["predicted_text"] == NORMAL} for r in negatives], "hit")
+    said = lambda r, text: r["predicted_text"] is not None and data.same_text(r["predicted_text"]) == data.same_text(text)  # noqa: E731
+    positives = [r for r in anomaly if data.same_text(r["truth_text"]) == data.same_text(ABNORMAL)]
+    negatives = [r for r in anomaly if data.same_text(r["truth_text"]) == data.same_text(NORMAL)]
+    out["sensitivity"] = float(np.mean([said(r, ABNORMAL) for r in positives])) if positives else None
+    out["specificity"] = float(np.mean([said(r, NORMAL) for r in negatives])) if negatives else None
     out["completion_len"] = rate(rows, "completion_tokens")
     for field in ("source", "modality"):
         values = sorted({r[field] for r in rows if r.get(field)})
@@ -112,17 +122,17 @@ def answer(policy, processor, judge, records, seed, args) -> list[dict]:
         prompt = {k: v.to(policy.device) for k, v in data.prompt_batch(processor, chunk).items()}
         out = sampler.sample(policy, processor, prompt, greedy=args.temperature == 0, temperature=args.temperature or 1.0,
                        top_p=args.top_p, max_new_tokens=args.max_new_tokens)
-        texts = out["texts"]
+        texts, ended = out["texts"], out["ended"].tolist()
         if judge is not None:
             consistent, judged = rewards.consistency_rewards(judge, texts, [r["question"] for r in chunk],
                                                               [r["options"] for r in chunk])
         else:
             consistent, judged = [None] * len(chunk), [None] * len(chunk)
-        for r, text, n, con, j in zip(chunk, texts, out["completion_mask"].sum(1).tolist(), consistent, judged):
+        for r, text, done, n, con, j in zip(chunk, texts, ended, out["completion_mask"].sum(1).tolist(), consistent, judged):
             letter = rewards.answer_letter(text, r["options"])
             rows.append({"id": r["id"], "task": r["task"], "seed": seed, "completion": text, "letter": letter,
                          "answer": r["answer"], "correct": letter == r["answer"],
-                         "format_ok": rewards.format_reward(text) == 1.0, "judge": j,
+                         "format_ok": rewards.format_reward(text, done) == 1.0, "ended": done, "judge": j,
                          "consistent": None if con is None else con == 1.0, "completion_tokens": n,
                          "truth_text": r["options"]["ABCD".index(r["answer"])],
                          "predicted_text": r["options"]["ABCD".index(letter)] if letter else None,
@@ -150,6 +160,7 @@ def tables(results: list[dict]) -> str:
     for r in results:
         lines.append(f"| {r['name']} | " + " | ".join(fmt(r["mean"][k], r["std"][k], k != "completion_len")
                                                      for k, _ in EXTRA) + " |")
+    lines += ["", COUNTS]
     for field in ("source", "modality"):
         values = sorted({v for r in results for v in r["mean"].get(f"by_{field}", {})})
         if values:
@@ -168,6 +179,11 @@ def main(argv=None):
         raise ValueError(f"--names gives {len(names)} names for {len(args.ckpt)} checkpoints")
     records = data.load_jsonl(args.data)
     records = records[:args.limit] if args.limit else records
+    if any(r["task"] == "anomaly" for r in records) and not any(
+            data.same_text(r["options"]["ABCD".index(r["answer"])]) in (data.same_text(ABNORMAL), data.same_text(NORMAL))
+            for r in records if r["task"] == "anomaly"):
+        print(f"evaluate.py: warning: no anomaly question of {args.data} has \"{ABNORMAL}\" or \"{NORMAL}\" as its answer; "
+              "anomaly sensitivity and specificity are left blank")
     device = M.default_device()
     dtype = torch.bfloat16 if (args.precision or M.default_precision(device)) == "bf16" else torch.float32
     fixed_judge = None

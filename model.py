@@ -74,14 +74,14 @@ def limit_pixels(processor, max_pixels: int):
 
 
 def _chat_template(path, tokenizer):
-    if tokenizer.chat_template:
-        return tokenizer.chat_template
-    for name in ("chat_template.jinja", "chat_template.json"):
+    """The processor's chat template: its own file where the folder has one (chat_template.json, as the hub's
+    Qwen2.5-VL ships it, or chat_template.jinja), else the tokenizer's."""
+    for name in ("chat_template.json", "chat_template.jinja"):
         file = os.path.join(path, name)
         if os.path.isfile(file):
             text = open(file, encoding="utf-8").read()
             return json.loads(text)["chat_template"] if name.endswith(".json") else text
-    return None  # a hub model: transformers fetches the template with the processor
+    return tokenizer.chat_template
 
 
 def adapter_base(path: str) -> str | None:
@@ -102,8 +102,9 @@ def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | Non
     dtype = dtype or default_dtype(device)
     path = os.path.abspath(path) if os.path.isdir(path) else path  # adapters record where their base lives
     base = adapter_base(path) or path
+    load_dtype = torch.float32 if base != path and merge else dtype  # merged in fp32, then cast once (merge_lora)
     try:
-        model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(base, dtype=load_dtype, trust_remote_code=trust_remote_code)
     except OSError as e:
         raise OSError(f"cannot load the model {base!r}{' (named by ' + path + '/adapter_config.json)' if base != path else ''}:"
                       f" give a local folder or a hub id that is cached (HF_HUB_OFFLINE=1 needs it cached). {e}") from e
@@ -111,7 +112,7 @@ def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | Non
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, path)
         if merge:
-            model = model.merge_and_unload()
+            model = merge_lora(model).to(dtype)
     has_processor = glob.glob(os.path.join(path, "tokenizer*")) if os.path.isdir(path) else True
     processor = load_processor(path if has_processor else base, trust_remote_code, max_pixels)
     return model.to(device).eval(), processor
@@ -127,6 +128,14 @@ def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
                         target_modules=rf".*({towers}).*\.({names}{vision_names})")
     return get_peft_model(model, config)
+
+
+def merge_lora(model):
+    """A PEFT model's adapters folded into its base weights in fp32 (the model leaves in fp32). Folded into bf16
+    weights, a LoRA delta ~200x smaller than its weight loses about a third to rounding; cast the result once instead,
+    as autocast casts a fully fine-tuned policy's fp32 weights: evaluate.py's SFT-only row is then the model Con-GRPO
+    starts from."""
+    return model.float().merge_and_unload()
 
 
 # ---- precision ----
@@ -236,6 +245,13 @@ def end_of_turn_mask(ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
 
 def end_token_ids(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TURN, "<|endoftext|>")]
+
+
+def completion_texts(tokenizer, ids: torch.Tensor, mask: torch.Tensor, ended: torch.Tensor) -> list[str]:
+    """The text of each completion: its tokens up to the first end-of-turn token, that token and the padding left out,
+    every other special token kept (a completion that writes <|im_start|> or is cut off is not well formed, Eq. 4)."""
+    lengths = (mask.sum(1) - ended.long()).tolist()
+    return [tokenizer.decode(row[:n], skip_special_tokens=False) for row, n in zip(ids.tolist(), lengths)]
 
 
 def count_parameters(model) -> int:

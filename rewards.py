@@ -16,16 +16,23 @@ import torch
 LETTERS = "ABCD"
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _FORMAT = re.compile(r"\s*<think>(.*)</think>\s*<answer>(.*)</answer>\s*", re.S)
-_LETTER = re.compile(r"\(?([A-D])\)?(?:[.:)]\s*.*)?", re.S)  # B, B., (B), B) or B. Left Upper
+_LETTER = re.compile(r"\(?([A-D])\)?[.:]?(?:\s+(.*))?", re.S)  # B, B., (B), B), B: and what follows: B. Left Upper
+# Qwen's special tokens all read <|...|> (<|im_start|>, <|box_start|>, <|image_pad|>, ...); others can be given
+SPECIAL = re.compile(r"<\|[^|<>\s]+\|>")
 JUDGE_SYSTEM = ("You are a careful medical expert. Read the question, its options and the reasoning, then give the "
                 "letter of the option that the reasoning concludes inside <answer> </answer>.")
 
 
 # ---- format and accuracy (Eq. 4-5) ----
 
-def format_reward(completion: str) -> float:
+def format_reward(completion: str, ended: bool = True, special_tokens=()) -> float:
     """R_fmt (Eq. 4): 1.0 iff the completion is exactly <think>T</think><answer>A</answer> (whitespace around and
-    between allowed), one of each tag, T and A not empty; else 0.0."""
+    between allowed), one of each tag, T and A not empty, it ended with the end-of-turn token within the length limit
+    (`ended`), and it holds no other special token; else 0.0. `completion` is decoded without its final end-of-turn
+    token and with every other special token kept: a cut-off completion, or one that writes <|im_start|> into its
+    text, is not well formed. `special_tokens`: a tokenizer's special tokens beyond Qwen's <|...|> ones."""
+    if not ended or SPECIAL.search(completion) or any(t in completion for t in special_tokens):
+        return 0.0
     if any(completion.count(tag) != 1 for tag in TAGS):
         return 0.0
     match = _FORMAT.fullmatch(completion)
@@ -33,23 +40,34 @@ def format_reward(completion: str) -> float:
 
 
 def split_think_answer(completion: str) -> tuple[str | None, str | None]:
-    """(thought, answer text): the text inside the first <think></think> and the first <answer></answer>, or None."""
+    """(thought, answer text): the text inside the first <think></think>, and inside the first <answer></answer> after
+    it, never one inside the thought (nor after an unclosed <think>); without any <think>, the first <answer>."""
     think = re.search(r"<think>(.*?)</think>", completion, re.S)
-    answer = re.search(r"<answer>(.*?)</answer>", completion, re.S)
+    after = completion[think.end():] if think else "" if "<think>" in completion else completion
+    answer = re.search(r"<answer>(.*?)</answer>", after, re.S)
     return (think.group(1) if think else None), (answer.group(1) if answer else None)
 
 
+def _same(text: str) -> str:
+    """Case and runs of whitespace aside, as data.same_text compares options (rewards.py imports nothing)."""
+    return " ".join(text.split()).casefold()
+
+
 def parse_answer(answer_text: str | None, options: list[str]) -> str | None:
-    """The option letter an answer names: a letter (B, B., (B), B. Left Upper) or one option's exact text
-    (case and surrounding spaces ignored); None when it names none."""
+    """The option letter an answer names: one option's text (case and spaces aside), or a letter (B, B., (B), B), B:)
+    followed by nothing or by that letter's own option text ("B. Right Upper" when B is Right Upper); None when it
+    names none or more than one ("A or B", "A: no, it is B", "B. Left Upper" when B is Right Upper)."""
     if answer_text is None:
         return None
     text = answer_text.strip()
+    by_text = {_same(option): letter for letter, option in zip(LETTERS, options)}
+    if _same(text) in by_text:
+        return by_text[_same(text)]
     match = _LETTER.fullmatch(text)
-    if match:
-        return match.group(1)
-    by_text = {option.strip().casefold(): letter for letter, option in zip(LETTERS, options)}
-    return by_text.get(text.casefold())
+    if not match:
+        return None
+    letter, rest = match.group(1), (match.group(2) or "").strip().rstrip(".").strip()
+    return letter if not rest or _same(rest) == _same(options[LETTERS.index(letter)]) else None
 
 
 def answer_letter(completion: str, options: list[str]) -> str | None:
@@ -64,7 +82,9 @@ def accuracy_reward(completion: str, options: list[str], answer: str) -> float:
 # ---- consistency (Eq. 6) ----
 
 def judge_prompt(tokenizer, question: str, options: list[str], thought: str) -> str:
-    """The judge reads the question, the options and the thought, and continues right after <answer>."""
+    """The judge reads the question, the options and the thought, and continues right after <answer>. Special tokens
+    the thought holds are dropped: a completion cannot write the judge's chat turns."""
+    thought = SPECIAL.sub("", thought)
     listed = "\n".join(f"{letter}. {option}" for letter, option in zip(LETTERS, options))
     chat = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": f"{question}\n{listed}"}]
     head = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
@@ -179,15 +199,17 @@ def total_reward(fmt, acc, con, lambda_fmt: float = 1 / 3, lambda_acc: float = 1
     return lambda_fmt * fmt + lambda_acc * acc + lambda_con * con
 
 
-def score(completions: list[str], records: list[dict], judge=None, *, lambda_fmt: float = 1 / 3,
-          lambda_acc: float = 1 / 3, lambda_con: float = 1 / 3) -> dict:
-    """All rewards of a batch of completions; records[i] (question, options, answer) is completion i's question.
+def score(completions: list[str], records: list[dict], judge=None, *, ended=None, special_tokens=(),
+          lambda_fmt: float = 1 / 3, lambda_acc: float = 1 / 3, lambda_con: float = 1 / 3) -> dict:
+    """All rewards of a batch of completions; records[i] (question, options, answer) is completion i's question, and
+    ended[i] whether it stopped with the end-of-turn token (default: all did).
 
     Returns float tensors `reward`, `format`, `accuracy`, `consistency` [N] and the judge's `judge_letters`.
     Without a judge the consistency part is not computed and is 0.
     """
     options = [r["options"] for r in records]
-    fmt = torch.tensor([format_reward(c) for c in completions])
+    ended = [True] * len(completions) if ended is None else [bool(e) for e in ended]
+    fmt = torch.tensor([format_reward(c, e, special_tokens) for c, e in zip(completions, ended)])
     acc = torch.tensor([accuracy_reward(c, r["options"], r["answer"]) for c, r in zip(completions, records)])
     if judge is not None:
         con, letters = consistency_rewards(judge, completions, [r["question"] for r in records], options)

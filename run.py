@@ -25,10 +25,14 @@ import distributed as D
 
 def save_processor(processor, out: str):
     """Write the processor as the hub model ships it (tokenizer + image processor files), loadable without
-    torchvision and by AutoProcessor alike."""
-    tokenizer = processor.tokenizer
-    tokenizer.chat_template = tokenizer.chat_template or processor.chat_template
-    tokenizer.save_pretrained(out)
+    torchvision and by AutoProcessor alike, with the processor's chat template (the one every stage builds prompts
+    with; a hub tokenizer may carry another)."""
+    tokenizer, own = processor.tokenizer, processor.tokenizer.chat_template
+    tokenizer.chat_template = processor.chat_template or own
+    try:
+        tokenizer.save_pretrained(out)
+    finally:
+        tokenizer.chat_template = own  # the tokenizer in use keeps its own (the judge builds prompts with it)
     processor.image_processor.save_pretrained(out)
 
 

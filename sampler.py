@@ -81,8 +81,9 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
     3B-Instruct's repetition_penalty 1.05 and top_k 1 would make every rollout off-policy for Eq. 8). Vision tokens
     are never sampled (a sampled <|image_pad|> breaks the next forward's image-token count); no end of turn before
     min_new_tokens. Returns completion ids [N*G, T] (pad after the end), their mask (up to the first end-of-turn
-    token, included), their log-probs under π_θ at temperature 1 [N*G, T] (as completion_logprobs gives them) and
-    texts.
+    token, included), their log-probs under π_θ at temperature 1 [N*G, T] (as completion_logprobs gives them),
+    `ended` [N*G] (stopped with an end-of-turn token within max_new_tokens) and texts (model.completion_texts:
+    without the final end-of-turn token, every other special token kept, so that R_fmt sees them).
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -147,8 +148,8 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
             logits = step()
     mask = M.end_of_turn_mask(ids[:, :t + 1], end_ids.tolist())
     ids, logps = ids[:, :t + 1].masked_fill(mask == 0, tok.pad_token_id), logps[:, :t + 1] * mask
-    return {"completion_ids": ids, "completion_mask": mask, "logprobs": logps,
-            "texts": tok.batch_decode(ids, skip_special_tokens=True)}
+    return {"completion_ids": ids, "completion_mask": mask, "logprobs": logps, "ended": ended,
+            "texts": M.completion_texts(tok, ids, mask, ended)}
 
 
 def _capture(step):

@@ -13,7 +13,9 @@ Choices where the paper is silent or ambiguous, each with the flag that changes 
 - The advantage is R − mean(R) (Eq. 7), not divided by the group's std (--scale-rewards divides).
 - The loss is averaged over each completion's tokens, then over completions (--loss-agg seq); --loss-agg token
   averages over all tokens of the batch, --loss-agg sum is Eq. 8's plain sum over tokens.
-- Tokens after the first end-of-turn token are masked out; that token counts (the policy learns to stop).
+- Tokens after the first end-of-turn token are masked out; that token counts (the policy learns to stop). R_fmt
+  requires that token: a completion cut at --max-new-tokens is not well formed; --mask-truncated also leaves it out
+  of the loss.
 - Without --lora the policy is fully fine-tuned (the paper) and π_SFT is a frozen copy; with --lora a LoRA is
   trained on top of π_SFT and π_SFT is the same weights with the adapter disabled (no second copy).
 - --judge self reuses π_SFT's weights as the judge, text-only. The lr is constant after an optional warm-up.
@@ -54,8 +56,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="sft_out", help="start policy π_SFT: an SFT output folder, any model folder, "
                    "or a hub id (the base model gives Table 2's RL-only row) (default: %(default)s)")
-    p.add_argument("--data", help="training JSONL (design.md schema); default: the one the SFT run in --ckpt used "
-                   "(its args.json)")
+    p.add_argument("--data", help="training JSONL (the schema in README.md, \"The JSONL the scripts read\"); default: "
+                   "the one the SFT run in --ckpt used (its args.json)")
     p.add_argument("--out", default="grpo_out", help="output folder (default: %(default)s)")
     p.add_argument("--group-size", type=int, default=8, help="G completions per prompt (paper: 8)")
     p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step; x G = global batch (paper: 64). "
@@ -89,6 +91,8 @@ def parse_args(argv=None):
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s)")
     p.add_argument("--min-new-tokens", type=int, default=0, help="no end of turn before this many tokens (0: as "
                    "π_θ decides; > 0 samples off-policy, for benchmarks that need a fixed length)")
+    p.add_argument("--mask-truncated", action="store_true", help="leave completions cut at --max-new-tokens out of "
+                   "the loss (TRL's mask_truncated_completions); they are scored either way, and R_fmt gives them 0")
     p.add_argument("--micro-batch", type=int, default=8, help="completions per forward in the loss, rounded to whole "
                    "groups (default: 8)")
     p.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (default: %(default)s)")
@@ -130,28 +134,32 @@ def grpo_loss(logps, ref_logps, advantages, mask, *, epsilon: float = 0.2, beta:
     """Eq. 8, negated to be minimised: −[min(r_t Â, clip(r_t, 1−ε, 1+ε) Â) − β KL_t] over completion tokens.
 
     logps, ref_logps, mask: [B, T]; advantages: [B]. r_t is taken against π_SFT (ref_logps) unless old_logps
-    (the sampling policy's) are given. KL_t is the k3 estimator of KL(π_θ || π_SFT).
+    (the sampling policy's) are given. KL_t is the k3 estimator of KL(π_θ || π_SFT). Masked positions are selected
+    out before exp(), never multiplied by 0 (inf · 0 = NaN). Returns the loss and the token means of KL and of the
+    clipped share, with their token count.
     """
-    ratio = torch.exp(logps - (ref_logps if old_logps is None else old_logps))
+    mask = mask.bool()
+    log_ratio = torch.where(mask, logps - (ref_logps if old_logps is None else old_logps), 0.0)
+    ratio = torch.exp(log_ratio)
     A = advantages.unsqueeze(1)
     surrogate = torch.min(ratio * A, ratio.clamp(1 - epsilon, 1 + epsilon) * A)
-    log_ref_ratio = ref_logps - logps
+    log_ref_ratio = torch.where(mask, ref_logps - logps, 0.0)
     kl = torch.exp(log_ref_ratio) - log_ref_ratio - 1
-    per_token = -(surrogate - beta * kl)
-    mask = mask.to(per_token.dtype)
+    per_token = torch.where(mask, -(surrogate - beta * kl), 0.0)
     tokens = mask.sum(1).clamp(min=1)
     if agg == "seq":
-        loss = ((per_token * mask).sum(1) / tokens).mean()
+        loss = (per_token.sum(1) / tokens).mean()
     elif agg == "token":
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+        loss = per_token.sum() / mask.sum().clamp(min=1)
     elif agg == "sum":
-        loss = (per_token * mask).sum(1).mean()
+        loss = per_token.sum(1).mean()
     else:
         raise ValueError(f"unknown loss aggregation {agg!r}: seq, token or sum")
     with torch.no_grad():  # 0-d tensors: read once a step, not a host sync per micro-batch
-        clipped = ((ratio < 1 - epsilon) & (A < 0)) | ((ratio > 1 + epsilon) & (A > 0))
-        stats = {"kl": (kl * mask).sum() / mask.sum().clamp(min=1),
-                 "clip_frac": (clipped * mask).sum() / mask.sum().clamp(min=1)}
+        clipped = mask & (((ratio < 1 - epsilon) & (A < 0)) | ((ratio > 1 + epsilon) & (A > 0)))
+        n = mask.sum()
+        stats = {"kl": torch.where(mask, kl, 0.0).sum() / n.clamp(min=1), "clip_frac": clipped.sum() / n.clamp(min=1),
+                 "tokens": n}
     return loss, stats
 
 
@@ -175,10 +183,11 @@ def take(prompt: dict, rows: slice) -> dict:
 
 
 def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args):
-    """μ optimizer steps on one batch of samples, accumulated over micro-batches of whole groups; returns mean KL,
-    clip fraction and the last grad norm. Each prompt runs once per micro-batch and its KV cache serves its G
-    completions (model.group_logprobs). The loss is divided by the global number of completions (tokens with
-    --loss-agg token) and gradients are summed over ranks: N ranks take the step one process would."""
+    """μ optimizer steps on one batch of samples, accumulated over micro-batches of whole groups; returns KL and clip
+    fraction as token means over the batch of every rank, the last update's lr and grad norm. Each prompt runs once
+    per micro-batch and its KV cache serves its G completions (model.group_logprobs). The loss is divided by the
+    global number of completions (tokens with --loss-agg token) and gradients are summed over ranks: N ranks take
+    the step one process would."""
     G = args.group_size
     per_chunk = max(1, args.micro_batch // G)  # prompts per micro-batch
     chunks = [(slice(i, i + per_chunk), slice(i * G, (i + per_chunk) * G)) for i in range(0, len(prompt["input_ids"]), per_chunk)]
@@ -187,7 +196,8 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
     old = [None] * len(chunks)
     count = (lambda c: mask[c].sum()) if args.loss_agg == "token" else (lambda c: len(ids[c]))
     total = D.all_reduce_sum(float(sum(count(c) for _, c in chunks)))
-    stats = {"kl": 0.0, "clip_frac": 0.0}
+    kl_sum = clipped = tokens = 0.0  # over every token of every update, for the log
+    stats = {}
     for _ in range(args.iterations):
         total_loss = 0.0
         for i, (p, c) in enumerate(chunks):
@@ -200,18 +210,19 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
             loss = loss * count(c) / total
             loss.backward()
             total_loss = total_loss + loss.detach()
-            for k in ("kl", "clip_frac"):
-                stats[k] = stats[k] + s[k] * len(ids[c]) / len(ids) / args.iterations
+            kl_sum, clipped, tokens = kl_sum + s["kl"] * s["tokens"], clipped + s["clip_frac"] * s["tokens"], tokens + s["tokens"]
         if D.all_reduce_sum(float(not torch.isfinite(total_loss))):  # one host sync an update; every rank stops
             raise FloatingPointError(f"the loss is not finite on some rank ({float(total_loss)} here): stopping before "
                                      f"the update. The last good checkpoint is {run.latest_checkpoint(args.out)}; "
                                      "try a lower --lr")
         D.sync_grads(params)
         stats["grad_norm"] = D.clip_grad_norm(params, args.max_grad_norm)
+        stats["lr"] = optimizer.param_groups[0]["lr"]  # the rate this update uses (the scheduler steps after it)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return {k: float(v) for k, v in stats.items()}
+    sums = D.all_reduce_sum({"kl": float(kl_sum), "clip_frac": float(clipped), "tokens": float(tokens)})
+    return {**stats, "kl": sums["kl"] / max(sums["tokens"], 1), "clip_frac": sums["clip_frac"] / max(sums["tokens"], 1)}
 
 
 def sft_data(ckpt: str) -> str:
@@ -292,18 +303,19 @@ def main(argv=None):
             rollout = sampler.sample(policy, processor, prompt, group_size=G, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, min_new_tokens=args.min_new_tokens,
                                seed=args.seed * 1_000_003 + step * world + rank)
-        ids, mask, texts = rollout["completion_ids"], rollout["completion_mask"], rollout["texts"]
+        ids, mask, texts, ended = rollout["completion_ids"], rollout["completion_mask"], rollout["texts"], rollout["ended"]
         t1 = time.time()
 
         # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
         with M.autocast(device, args.precision), D.unsharded(judge.model):  # FSDP: ranks judge different counts
-            scores = rewards.score(texts, [r for r in mine for _ in range(G)], judge, **weights)
+            scores = rewards.score(texts, [r for r in mine for _ in range(G)], judge, ended=ended.tolist(), **weights)
         advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)
+        loss_mask = mask * ended[:, None] if args.mask_truncated else mask  # a cut-off completion out of the loss
         t2 = time.time()
 
         # ---- loss (Eq. 8) and optimizer steps ----
         policy.train()
-        stats = policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args)
+        stats = policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, loss_mask, advantages, args)
         step += 1
         t3 = time.time()
 
@@ -311,12 +323,11 @@ def main(argv=None):
         groups = scores["reward"].view(-1, G)
         local = {"reward": scores["reward"].mean().item(), "accuracy": scores["accuracy"].mean().item(),
                  "format_rate": scores["format"].mean().item(), "consistency_rate": scores["consistency"].mean().item(),
-                 "completion_len": mask.sum(1).float().mean().item(),
-                 "zero_adv_groups": (groups.max(1).values == groups.min(1).values).float().mean().item(), **stats}
+                 "completion_len": mask.sum(1).float().mean().item(), "truncated_rate": 1 - ended.float().mean().item(),
+                 "zero_adv_groups": (groups.max(1).values == groups.min(1).values).float().mean().item()}
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
-        row.update({k: v / world for k, v in D.all_reduce_sum(local).items()})
-        row.update({"lr": scheduler.get_last_lr()[0], "t_sample": t1 - t0, "t_judge": t2 - t1, "t_loss": t3 - t2,
-                    "peak_mem_gb": run.peak_memory_gb()})
+        row.update({k: v / world for k, v in D.all_reduce_sum(local).items()})  # every rank has as many completions
+        row.update({**stats, "t_sample": t1 - t0, "t_judge": t2 - t1, "t_loss": t3 - t2, "peak_mem_gb": run.peak_memory_gb()})
         if rank == 0:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
@@ -337,7 +348,7 @@ def main(argv=None):
 
     # ---- output: π_θ as a full model (a GRPO LoRA is merged into π_SFT), loadable like any model ----
     if step == total_steps:
-        run.save_model(args.out, policy.merge_and_unload() if args.lora else policy, processor,
+        run.save_model(args.out, M.merge_lora(policy) if args.lora else policy, processor,
                      torch.bfloat16 if args.precision == "bf16" else torch.float32)
         run.mark_done(args.out)
         if rank == 0:

@@ -48,7 +48,8 @@ import sampler
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model: hub id or folder (default: %(default)s)")
-    p.add_argument("--data", required=True, help="training JSONL (design.md schema, with `cot`)")
+    p.add_argument("--data", required=True, help="training JSONL (the schema in README.md, "
+                   "\"The JSONL the scripts read\"; every record with a `cot`)")
     p.add_argument("--out", default="sft_out", help="output folder (default: %(default)s)")
     p.add_argument("--epochs", type=float, default=2, help="passes over the data (paper: 2)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (paper: 1e-4)")
@@ -108,24 +109,27 @@ def judge_loss(judge, records: list[dict], n_examples: float):
 
 @torch.no_grad()
 def evaluate_sft(policy, processor, records, micro_batch: int, max_new_tokens: int) -> dict:
-    """Held-out loss and letter accuracy (the exact `<answer>X</answer>` by greedy decoding)."""
+    """Held-out loss per target token, and accuracy and format rate of greedy answers, parsed and scored as
+    evaluate.py scores them (rewards.accuracy_reward, rewards.format_reward)."""
     policy.eval()
-    nll = tokens = correct = 0
+    nll = tokens = correct = formatted = 0
     for i in range(0, len(records), micro_batch):
         chunk = records[i:i + micro_batch]
         prompt = {k: v.to(policy.device) for k, v in data.prompt_batch(processor, chunk).items()}
         ids, mask = (t.to(policy.device) for t in data.target_batch(processor.tokenizer, chunk))
         nll += -(M.completion_logprobs(policy, prompt, ids, mask) * mask).sum().item()
         tokens += mask.sum().item()
-        texts = sampler.sample(policy, processor, prompt, greedy=True, max_new_tokens=max_new_tokens)["texts"]
-        correct += sum(f"<answer>{r['answer']}</answer>" in t for r, t in zip(chunk, texts))
+        out = sampler.sample(policy, processor, prompt, greedy=True, max_new_tokens=max_new_tokens)
+        correct += sum(rewards.accuracy_reward(t, r["options"], r["answer"]) for r, t in zip(chunk, out["texts"]))
+        formatted += sum(rewards.format_reward(t, e) for t, e in zip(out["texts"], out["ended"].tolist()))
     policy.train()
-    return {"eval_loss": nll / tokens, "eval_letter_acc": correct / len(records)}
+    return {"eval_loss": nll / tokens, "eval_accuracy_greedy": correct / len(records),
+            "eval_format_greedy": formatted / len(records)}
 
 
 @torch.no_grad()
 def evaluate_judge(judge, records, micro_batch: int) -> dict:
-    """Held-out loss and accuracy of the judge's letter from the gold CoTs."""
+    """Held-out loss and accuracy of the judge's letter from the gold CoTs (the right letter)."""
     judge.model.eval()
     nll = correct = 0.0
     for i in range(0, len(records), micro_batch):
@@ -134,7 +138,7 @@ def evaluate_judge(judge, records, micro_batch: int) -> dict:
         letters = judge([r["question"] for r in chunk], [r["options"] for r in chunk], [r["cot"] for r in chunk])
         correct += sum(a == r["answer"] for a, r in zip(letters, chunk))
     judge.model.train()
-    return {"eval_loss": nll / len(records), "eval_letter_acc": correct / len(records)}
+    return {"eval_loss": nll / len(records), "eval_judge_accuracy": correct / len(records)}
 
 
 def main(argv=None):
@@ -143,9 +147,7 @@ def main(argv=None):
     rank, world, device = D.init_distributed()
     args.precision = args.precision or M.default_precision(device)
     records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
-    if any("cot" not in r for r in records):
-        missing = next(r for r in records if "cot" not in r)
-        raise ValueError(f"{missing['where']}: cot: missing (SFT needs the CoT of every record)")
+    data.check_cots(records)  # targets a reward would score 0 (an empty CoT, tags inside it) are refused
     eval_records = data.load_jsonl(args.eval_data)[:args.eval_samples] if args.eval_data else []
     if args.batch_size % (world * args.micro_batch):
         raise ValueError(f"--batch-size {args.batch_size} must be a multiple of world size x --micro-batch "
@@ -209,13 +211,14 @@ def main(argv=None):
             loss_sum += loss.item()
         D.sync_grads(params)  # each rank's loss is divided by the global token count: sum them
         grad_norm = D.clip_grad_norm(params, args.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler steps after it)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         loss_sum = D.all_reduce_sum(loss_sum)
         seconds = time.time() - t0
-        row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_sum, "lr": scheduler.get_last_lr()[0],
+        row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": loss_sum, "lr": lr,
                "grad_norm": grad_norm, ("letters_per_s" if args.judge else "tokens_per_s"): n_tokens / seconds,
                "seconds": seconds, "peak_mem_gb": run.peak_memory_gb()}
         if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps):
@@ -239,7 +242,7 @@ def main(argv=None):
         run.save_model(args.out, policy, processor, dtype)  # the adapter, or the full model with --full
         if args.merge and not args.full:
             os.makedirs(os.path.join(args.out, "merged"), exist_ok=True)
-            run.save_model(os.path.join(args.out, "merged"), policy.merge_and_unload(), processor, dtype)
+            run.save_model(os.path.join(args.out, "merged"), M.merge_lora(policy), processor, dtype)
         run.mark_done(args.out)
         if rank == 0:
             print(f"wrote {args.out}")

@@ -32,6 +32,36 @@ def test_metrics_on_hand_made_predictions():
     assert m["by_modality"] == {"CT": 0.5, "MRI": pytest.approx(2 / 4)}
 
 
+def test_the_denominators_and_the_positive_anomaly_answer():
+    rows = [pred("anatomy", True), pred("anatomy", True, consistent=False),
+            pred("anatomy", False, letter=None, predicted=None, consistent=False),  # unparseable: inconsistent
+            pred("anomaly", True, truth="Abnormal", predicted="abnormal "),  # matched case and spaces aside
+            pred("anomaly", False, truth="Abnormal", predicted="Artifact only"),  # a miss, not left out
+            pred("anomaly", False, truth="Abnormal", predicted="Indeterminate"),
+            pred("anomaly", False, truth="Abnormal", letter=None, predicted=None, consistent=False),  # unparseable: a miss
+            pred("anomaly", True, truth=" normal", predicted="Normal"),
+            pred("anomaly", False, truth="Normal", predicted="Artifact only")]
+    m = evaluate.metrics(rows)
+    assert m["consistency_rate"] == pytest.approx(6 / 9)  # over every question
+    assert m["consistency_parsed"] == pytest.approx(6 / 7)  # over the parsed answers
+    assert m["sensitivity"] == pytest.approx(1 / 4) and m["specificity"] == pytest.approx(1 / 2)
+    assert evaluate.metrics([pred("anomaly", True, truth="Yes", predicted="Yes")])["sensitivity"] is None
+
+
+def test_a_set_without_abnormal_or_normal_answers_is_warned_about(tiny_dir, synth_dir, tmp_path, capsys):
+    rows = [json.loads(l) for l in open(os.path.join(synth_dir, "test.jsonl")) if '"anomaly"' in l][:2]
+    for r in rows:
+        r["options"] = ["Yes", "No", "Maybe", "Unsure"]
+        r["image"] = os.path.join(synth_dir, r["image"])
+        r.pop("mask", None)
+    path = tmp_path / "yes_no.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    evaluate.main(["--ckpt", tiny_dir, "--data", str(path), "--out", str(tmp_path / "eval"), "--seeds", "0",
+                   "--max-new-tokens", "4", "--judge", "none"])
+    assert "no anomaly question" in capsys.readouterr().out
+    assert "What the columns count" in open(tmp_path / "eval" / "results.md").read()
+
+
 def test_mean_and_std_over_seeds():
     seeds = [{"overall": 0.5, "pathology": None, "by_source": {"a": 0.1}},
              {"overall": 0.7, "pathology": None, "by_source": {"a": 0.3}},

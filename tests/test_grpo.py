@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ENV, ROOT, torchrun
+from helpers import ENV, ROOT, grpo_args, metrics, torchrun
 from safetensors.torch import load_file
 
 import data
@@ -78,6 +78,27 @@ def test_masked_tokens_change_nothing():
         a = grpo_loss(logps, ref, adv, mask, agg=agg)[0]
         b = grpo_loss(noisy, ref, adv, mask, agg=agg)[0]
         assert a.item() == pytest.approx(b.item())
+
+
+def test_a_masked_position_never_reaches_the_loss_or_its_gradient():
+    """A pad position whose log-ratio overflows (inf, or a huge number) must not turn the loss or its gradient into
+    NaN: masked positions are selected out, not multiplied by 0."""
+    ref = torch.log(torch.rand(2, 5))
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    adv = torch.tensor([0.5, -0.5])
+    for agg in ("seq", "token", "sum"):
+        grads = []
+        for pad in (None, float("inf"), 1e4):
+            logps = ref + 0.1
+            if pad is not None:
+                logps = logps.masked_fill(mask == 0, pad)
+            logps.requires_grad_()
+            loss, stats = grpo_loss(logps, ref, adv, mask, agg=agg)
+            loss.backward()
+            assert torch.isfinite(loss) and torch.isfinite(stats["kl"]) and torch.isfinite(logps.grad).all()
+            grads.append((loss.item(), logps.grad))
+        for loss, grad in grads[1:]:
+            assert loss == pytest.approx(grads[0][0]) and torch.equal(grad, grads[0][1])
 
 
 def test_the_three_aggregations():
@@ -185,21 +206,49 @@ def test_two_gloo_processes_take_the_same_step_as_one(sft_out, records, tmp_path
     policy, processor = model.load_model(sft_out, device="cpu")
     prompt = data.prompt_batch(processor, records[:2])
     rollout = sampler.sample(policy, processor, prompt, group_size=4, max_new_tokens=12, seed=0)
+    mask = rollout["completion_mask"].clone()
+    mask[4:, 6:] = 0  # the second prompt's completions shorter: ranks hold different token counts
     torch.save({"prompts": prompt, "ids": rollout["completion_ids"],
-                "mask": rollout["completion_mask"], "advantages": torch.tensor([1.0, -1, 0.5, -0.5, 0.2, 0.3, -0.9, 0.4])},
+                "mask": mask, "advantages": torch.tensor([1.0, -1, 0.5, -0.5, 0.2, 0.3, -0.9, 0.4])},
                tmp_path / "rollouts.pt")
     common = [sft_out, str(tmp_path / "rollouts.pt")]
     torchrun("tests/grpo_ddp_worker.py", *common, tmp_path / "ddp.safetensors", loss_agg)
-    subprocess.run([sys.executable, os.path.join(ROOT, "tests", "grpo_ddp_worker.py"), *common,
-                    str(tmp_path / "one.safetensors"), loss_agg], check=True, env=ENV, cwd=ROOT, capture_output=True)
+    for name, micro_batch in (("one", "4"), ("one_chunk", "8")):
+        subprocess.run([sys.executable, os.path.join(ROOT, "tests", "grpo_ddp_worker.py"), *common,
+                        str(tmp_path / f"{name}.safetensors"), loss_agg, micro_batch], check=True, env=ENV, cwd=ROOT,
+                       capture_output=True)
     a, b = load_file(tmp_path / "ddp.safetensors"), load_file(tmp_path / "one.safetensors")
     before = run.trainable_state(policy.requires_grad_(True))
     assert any(not torch.equal(a[k], before[k]) for k in a)  # the step moved the weights
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    # the logged KL and clip fraction are token means over the whole batch: the same on 2 ranks, in 2 chunks or in 1
+    stats = [json.load(open(tmp_path / f"{name}.safetensors.stats.json")) for name in ("ddp", "one", "one_chunk")]
+    assert stats[0]["kl"] > 0
+    for key in ("kl", "clip_frac"):  # (k3 ~ d²/2 in fp32 carries ~1e-4 of rounding; weighting chunks differs by far more)
+        assert stats[0][key] == pytest.approx(stats[1][key], rel=1e-3, abs=1e-9)
+        assert stats[2][key] == pytest.approx(stats[1][key], rel=1e-3, abs=1e-9)
 
 
 def test_ckpt_alone_takes_the_sft_runs_data(sft_out, synth_dir):
     assert train_grpo.sft_data(sft_out) == os.path.join(synth_dir, "train.jsonl")
     with pytest.raises(SystemExit, match="--data is needed"):
         train_grpo.sft_data(synth_dir)
+
+
+def test_the_logged_lr_is_the_one_each_step_used(sft5, five, tmp_path):
+    train_grpo.main(grpo_args(sft5, five, tmp_path, "--warmup-ratio", "1.0", "--lr", "3e-4"))  # 3 steps of warm-up
+    assert [r["lr"] for r in metrics(tmp_path)] == pytest.approx([1e-4, 2e-4, 3e-4])
+
+
+def test_truncated_completions_score_no_format_and_leave_the_loss_with_mask_truncated(sft5, five, tmp_path, monkeypatch):
+    seen = []
+    real = train_grpo.policy_step
+    monkeypatch.setattr(train_grpo, "policy_step", lambda *a: seen.append((a[7].clone(), a[6])) or real(*a))
+    train_grpo.main(grpo_args(sft5, five, tmp_path, "--max-new-tokens", "6", "--mask-truncated", "--stop-after", "1"))
+    row = metrics(tmp_path)[0]
+    loss_mask, ids = seen[0]
+    ended = torch.isin(ids, torch.tensor(model.end_token_ids(model.load_processor(sft5).tokenizer))).any(1)
+    assert row["truncated_rate"] == pytest.approx(1 - ended.float().mean().item()) and row["truncated_rate"] > 0
+    assert (loss_mask[~ended] == 0).all() and (loss_mask[ended].sum(1) > 0).all()
+    assert row["format_rate"] <= 1 - row["truncated_rate"]  # a cut-off completion is never well formed

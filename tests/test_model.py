@@ -169,3 +169,45 @@ def test_max_pixels_bounds_the_image_tokens(tiny_dir, records, tmp_path):
     assert tokens(model.load_processor(tiny_dir, max_pixels=model.MAX_PIXELS)) == 16  # a lower own bound stays
     with pytest.raises(ValueError, match="below the processor's smallest image"):
         model.load_processor(tiny_dir, max_pixels=100)
+
+
+def test_an_adapter_is_merged_in_fp32_and_cast_once(tiny_dir, tmp_path):
+    """bf16 loading must give the model Con-GRPO starts from: bf16(W + ΔW), not bf16(W) + ΔW rounded in bf16, which
+    loses a small delta (here ~1/200 of the weights, as a rank-16 delta of std 1e-4 on weights of std 0.02)."""
+    m, processor = model.load_model(tiny_dir, device="cpu")
+    peft_model = model.add_lora(m, r=4, alpha=8, dropout=0.0)
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.03)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    bf16, _ = model.load_model(str(tmp_path / "adapter"), device="cpu", dtype=torch.bfloat16)
+    fp32, _ = model.load_model(str(tmp_path / "adapter"), device="cpu", dtype=torch.float32)
+    weights = dict(bf16.named_parameters())
+    name = next(n for n in weights if n.endswith("layers.0.self_attn.q_proj.weight"))
+    delta = fp32.get_parameter(name) - m.get_parameter(name.replace(".weight", ".base_layer.weight"))
+    assert delta.abs().max() > 0
+    assert weights[name].dtype == torch.bfloat16 and torch.equal(weights[name], fp32.get_parameter(name).bfloat16())
+
+
+def test_the_saved_processor_keeps_the_processors_chat_template(tiny_dir, tmp_path):
+    import run
+    _, processor = model.load_model(tiny_dir, device="cpu")
+    processor.chat_template = processor.tokenizer.chat_template.replace("You are a helpful assistant.", "Be brief.")
+    run.save_processor(processor, str(tmp_path))
+    assert "Be brief." not in processor.tokenizer.chat_template  # the tokenizer in use keeps its own
+    loaded = model.load_processor(str(tmp_path))
+    chat = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    assert "Be brief." in loaded.apply_chat_template(chat, tokenize=False)
+
+
+def test_completion_texts_keep_special_tokens_but_not_the_final_end_of_turn(tiny):
+    _, processor = tiny
+    tok = processor.tokenizer
+    word, start, end, pad = tok("<think>", add_special_tokens=False)["input_ids"], tok.convert_tokens_to_ids(
+        "<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id
+    ids = torch.tensor([[*word, start, *word, end, pad, pad, pad, pad], [*word, *word, start, *word]])  # ended; cut
+    mask = model.end_of_turn_mask(ids, model.end_token_ids(tok))
+    ended = torch.tensor([True, False])
+    assert mask[0].sum() == 2 * len(word) + 2 and mask[1].all()
+    texts = model.completion_texts(tok, ids, mask, ended)
+    assert texts == ["<think><|im_start|><think>", "<think><think><|im_start|><think>"]

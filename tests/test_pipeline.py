@@ -42,4 +42,4 @@ def test_sft_beats_the_untrained_model_and_the_pipeline_runs_end_to_end(tmp_path
     letters = judge([r["question"] for r in held_out], [r["options"] for r in held_out], [r["cot"] for r in held_out])
     assert np.mean([a == r["answer"] for a, r in zip(letters, held_out)]) > 0.5  # the gold CoTs' letter; measured 0.74
     last = json.loads(open(tmp_path / "judge" / "metrics.jsonl").readlines()[-1])
-    assert last["eval_letter_acc"] > 0.5 and last["eval_loss"] < 1.0
+    assert last["eval_judge_accuracy"] > 0.5 and last["eval_loss"] < 1.0

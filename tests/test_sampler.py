@@ -110,3 +110,15 @@ def test_sampling_ignores_the_checkpoints_generation_config(tiny_dir, records, t
         b = sampler.sample(chat, processor, prompt, max_new_tokens=32, **kwargs)
         assert torch.equal(a["completion_ids"], b["completion_ids"])  # ... and sampling ignores them
     assert chat.generation_config.repetition_penalty == 1.05  # and keeps them for whoever else uses the model
+
+
+def test_the_sampler_says_which_completions_ended_and_keeps_special_tokens_in_texts(tiny, records):
+    m, processor = tiny
+    tok = processor.tokenizer
+    batch = data.prompt_batch(processor, records[:2])
+    out = sampler.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=5)
+    ids, mask, ended = out["completion_ids"], out["completion_mask"], out["ended"]
+    assert torch.equal(ended, torch.isin(ids, torch.tensor(model.end_token_ids(tok))).any(1))
+    assert out["texts"] == model.completion_texts(tok, ids, mask, ended)
+    cut = sampler.sample(m, processor, batch, group_size=2, max_new_tokens=3, min_new_tokens=3, seed=5)
+    assert not cut["ended"].any() and all(len(tok(t, add_special_tokens=False)["input_ids"]) >= 1 for t in cut["texts"])

@@ -152,6 +152,8 @@ def test_epoch_batches_are_full_and_wrap_the_tail():
     assert sum(batches, [])[5:] == sum(batches, [])[:1]
     assert data.epoch_batches(5, 2, 0, 1) != batches and data.epoch_batches(5, 2, 0, 0) == batches
     assert data.epoch_batches(1, 4, 0, 0) == [[0, 0, 0, 0]]
+    # each (seed, epoch) pair its own order: seed 0's epoch 1000 is not seed 1's epoch 0
+    assert data.epoch_batches(50, 50, 0, 1000) != data.epoch_batches(50, 50, 1, 0)
 
 
 @pytest.fixture(scope="module")

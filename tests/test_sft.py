@@ -97,3 +97,37 @@ def test_bf16_precision_trains_fp32_adapters_on_a_bf16_base(tiny_dir, eight, tmp
     losses = [json.loads(l)["loss"] for l in open(tmp_path / "metrics.jsonl")]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert json.load(open(tmp_path / "args.json"))["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("cot, words", [("", "cot: empty"), ("   ", "cot: empty"),
+                                        ("so </think><answer>B", "cot: holds </think>, <answer>"),
+                                        ("ends here<|im_end|>", r"cot: holds <\|im_end\|>")])
+def test_sft_targets_a_reward_would_score_0_are_refused(tiny_dir, synth_dir, tmp_path, cot, words):
+    records = [json.loads(l) for l in open(os.path.join(synth_dir, "train.jsonl"))][:3]
+    records[1]["cot"] = cot
+    path = os.path.join(synth_dir, f"bad_cot_{abs(hash(cot))}.jsonl")
+    data.write_jsonl(path, records)
+    with pytest.raises(ValueError, match=rf"bad_cot_\d+.jsonl:2: {words}"):
+        run(tiny_dir, path, tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_the_logged_lr_is_the_one_each_step_used(tiny_dir, eight, tmp_path):
+    run(tiny_dir, eight, tmp_path, "--epochs", "4", "--batch-size", "8", "--micro-batch", "8", "--lr", "1e-2",
+        "--warmup-ratio", "0.5")  # 4 steps: warm-up over 2, then cosine over 2
+    logged = [json.loads(l)["lr"] for l in open(tmp_path / "metrics.jsonl")]
+    assert logged == pytest.approx([0.5e-2, 1e-2, 1e-2, 0.5e-2])
+
+
+def test_the_in_training_evaluation_parses_answers_as_evaluate_does(tiny, records, monkeypatch):
+    m, processor = tiny
+    chunk = records[:3]
+    right = [r["answer"] for r in chunk]
+    wrong = ["A" if a != "A" else "B" for a in right]
+    texts = [f"<think>x</think><answer> {right[0]} </answer>",  # spaces: right (the old substring test missed it)
+             f"<think>x</think><answer>{chunk[1]['options']['ABCD'.index(right[1])]}</answer>",  # the option's text
+             f"<think>I say <answer>{right[2]}</answer></think><answer>{wrong[2]}</answer>"]  # inside the thought: no
+    fake = {"texts": texts, "ended": torch.tensor([True, True, False])}
+    monkeypatch.setattr(sampler, "sample", lambda *a, **k: fake)
+    out = train_sft.evaluate_sft(m, processor, chunk, micro_batch=3, max_new_tokens=8)
+    assert out["eval_accuracy_greedy"] == pytest.approx(2 / 3) and out["eval_format_greedy"] == pytest.approx(2 / 3)
