@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Tables 2 and 3 of the paper in miniature, on the demo's data and SFT output (run `bash demo.sh` first).
 # Table 2: RL-only (Con-GRPO from the untrained model), SFT-only, SFT + GRPO with the accuracy reward only, with the
-# consistency reward only, full Con-GRPO, and one row the paper does not have: Con-GRPO with the ratio against the
-# sampling policy (--ratio-ref old, as TRL, VLM-R1 and DeepSeekMath take it). Table 3: the reward weights.
+# consistency reward only, full Con-GRPO, and two rows the paper does not have: Con-GRPO with the ratio against the
+# sampling policy (--ratio-ref old, as TRL, VLM-R1 and DeepSeekMath take it), and Con-GRPO with a judge that reads the
+# thought without its conclusion (--judge-view hide-conclusion). Table 3: the reward weights. Then the judge views:
+# SFT-only, Con-GRPO and Con-GRPO with the hidden-conclusion judge, their consistency judged both ways.
 # Every run takes the demo's Stage 2 settings but, for time, a quarter of its steps (190; `--epochs 0.4` in GRPO
 # below gives the demo's length, at about 6 minutes a run); each row is evaluated with 3 sampling seeds and the
 # demo's judge. 15.6 minutes on 2 CPU cores; finished runs are skipped when it is run again. Tables go to
@@ -20,16 +22,20 @@ run rl-only "$OUT/tiny"
 run acc-only "$OUT/sft" --lambda-fmt 0 --lambda-acc 1 --lambda-con 0
 run con-only "$OUT/sft" --lambda-fmt 0 --lambda-acc 0 --lambda-con 1
 run ratio-old "$OUT/sft" --ratio-ref old
+run hidden-conclusion "$OUT/sft" --judge-view hide-conclusion
 run format-focused "$OUT/sft" --lambda-fmt 0.8 --lambda-acc 0.1 --lambda-con 0.1
 run accuracy-focused "$OUT/sft" --lambda-fmt 0.1 --lambda-acc 0.8 --lambda-con 0.1
 run consistency-focused "$OUT/sft" --lambda-fmt 0.1 --lambda-acc 0.1 --lambda-con 0.8
 EVAL="--data $OUT/data/test.jsonl --max-new-tokens 64 --judge $OUT/judge"
 python evaluate.py $EVAL --out "$A/table2" \
-  --ckpt "$A/rl-only" "$OUT/sft" "$A/acc-only" "$A/con-only" "$A/full" "$A/ratio-old" \
+  --ckpt "$A/rl-only" "$OUT/sft" "$A/acc-only" "$A/con-only" "$A/full" "$A/ratio-old" "$A/hidden-conclusion" \
   --names "RL-only (Con-GRPO)" "SFT-only" "SFT + GRPO (Acc-only)" "SFT + GRPO (Con-only)" "MedAD-R1 (full)" \
-          "MedAD-R1, ratio vs π_old"
+          "MedAD-R1, ratio vs π_old" "MedAD-R1, judge without the conclusion"
 python evaluate.py $EVAL --out "$A/table3" \
   --ckpt "$A/format-focused" "$A/accuracy-focused" "$A/consistency-focused" "$A/full" \
   --names "Format-focused (0.8/0.1/0.1)" "Accuracy-focused (0.1/0.8/0.1)" "Consistency-focused (0.1/0.1/0.8)" \
           "Balanced (1/3 each)"
-echo "Table 2: $A/table2/results.md   Table 3: $A/table3/results.md"
+python evaluate.py $EVAL --out "$A/views" --judge-view hide-conclusion \
+  --ckpt "$OUT/sft" "$A/full" "$A/hidden-conclusion" \
+  --names "SFT-only" "MedAD-R1 (full)" "MedAD-R1, judge without the conclusion"
+echo "Table 2: $A/table2/results.md   Table 3: $A/table3/results.md   judge without the conclusion: $A/views/results.md"

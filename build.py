@@ -17,8 +17,8 @@ from collections import Counter, deque
 import numpy as np
 from PIL import Image
 
-from data import LETTERS, MAX_ERRORS, REGIONS, TASKS, file_problem, read_image, read_mask, same_text, text_lines, \
-    write_jsonl
+from data import (ANOMALY_OPTIONS, LETTERS, MAX_ERRORS, REGIONS, TASKS, file_problem, read_image, read_mask, same_text,
+                  text_lines, write_jsonl)
 
 # ---- lesion localization ----
 
@@ -92,16 +92,39 @@ QUESTIONS = {  # 10 phrasings per task, as in MedAD-38K
                      "Which image region holds the abnormality?", "Where is the lesion positioned?",
                      "Point out the region of the anomaly.", "In what part of the image is the lesion seen?"],
 }
-ANOMALY_OPTIONS = ["Abnormal", "Normal", "Artifact only", "Indeterminate"]
 REGION_WORDS = {"Left Upper": "upper left part", "Right Upper": "upper right part",
                 "Left Lower": "lower left part", "Right Lower": "lower right part", "Center Region": "central part"}
 
 
-def make_question(task, answer, choices, rng, deck, shuffle: bool = True):
-    """Four options holding `answer` and three distractors from `choices`; the answer's letter drawn from a
-    shuffled deck so that each letter is right a quarter of the time. With shuffle=False the four keep the order
-    of `choices` (an easier letter mapping; with five values the letters are still balanced)."""
-    distractors = [c for c in choices if same_text(c) != same_text(answer)]  # never the answer in other case
+# Values that would be a second right answer beside each other without one containing the other ("MRI" and "CE-MRI"
+# are caught as words): a finding and the class that covers it, an organ and the region that holds it. Symmetric;
+# --vocab adds {"related": {"Tumor": ["Meningioma"]}}.
+RELATED = {"Tumor": ["Glioma", "Lymphoma", "Carcinoma", "Melanoma", "Nevus", "Polyp", "Nodule"], "Chest": ["Lung"]}
+
+
+def related_pairs(extra: dict | None = None) -> set[tuple[str, str]]:
+    """Both orders of every related pair (RELATED and `extra`), compared case and spaces aside."""
+    pairs = set()
+    for table in (RELATED, extra or {}):
+        for value, covered in table.items():
+            pairs |= {(same_text(value), same_text(c)) for c in covered} | {(same_text(c), same_text(value)) for c in covered}
+    return pairs
+
+
+def also_right(answer: str, value: str, related: set) -> bool:
+    """Would `value` be a second right answer beside `answer`? The same value in other case, one holding the other as
+    whole words ("MRI" in "CE-MRI", not "CT" in "OCT"), or a related pair ("Glioma" and "Tumor")."""
+    a, b = same_text(answer).replace("-", " ").split(), same_text(value).replace("-", " ").split()
+    inside = lambda x, y: any(y[i:i + len(x)] == x for i in range(len(y) - len(x) + 1))  # noqa: E731
+    return inside(a, b) or inside(b, a) or (same_text(answer), same_text(value)) in related
+
+
+def make_question(task, answer, choices, rng, deck, shuffle: bool = True, related: set = frozenset()):
+    """Four options holding `answer` and three distractors from `choices`, none of which is also right (also_right);
+    the answer's letter drawn from a shuffled deck so that each letter is right a quarter of the time. With
+    shuffle=False the four keep the order of `choices` (an easier letter mapping; with five values the letters are
+    still balanced)."""
+    distractors = [c for c in choices if not also_right(answer, c, related)]
     picked = [distractors[i] for i in rng.permutation(len(distractors))[:3]]
     if shuffle:
         if not deck:
@@ -129,20 +152,23 @@ def cot_for(task: str, facts: dict, answer: str, cues: dict) -> str:
     return f"{seen}. So the answer is {answer}."
 
 
-def questions_for(facts: dict, vocab: dict, rng, decks: dict, cues: dict, shuffle: bool = True) -> list[dict]:
+def questions_for(facts: dict, vocab: dict, rng, decks: dict, cues: dict, shuffle: bool = True,
+                  related: set | None = None) -> list[dict]:
     """The five VQA tasks of one image: anatomy, modality and anomaly always; pathology and localization
-    when it has a lesion. `vocab` holds each field's values, from which distractors are drawn."""
+    when it has a lesion. `vocab` holds each field's values, from which distractors are drawn (never one that is also
+    right: `related` pairs, by default RELATED's)."""
+    related = related_pairs() if related is None else related
     answers = {"anatomy": facts["anatomy"], "modality": facts["modality"],
                "anomaly": "Abnormal" if facts["anomaly"] else "Normal"}
     if facts.get("pathology"):
         answers["pathology"] = facts["pathology"]
     if facts.get("region"):
         answers["localization"] = facts["region"]
-    choices = {**vocab, "anomaly": ANOMALY_OPTIONS, "localization": list(REGIONS)}
+    choices = {**vocab, "anomaly": list(ANOMALY_OPTIONS), "localization": list(REGIONS)}
     out = []
     for task in TASKS:
         if task in answers:
-            q = make_question(task, answers[task], choices[task], rng, decks.setdefault(task, []), shuffle)
+            q = make_question(task, answers[task], choices[task], rng, decks.setdefault(task, []), shuffle, related)
             q["cot"] = cot_for(task, facts, answers[task], cues)
             out.append(q)
     return out
@@ -266,18 +292,28 @@ def build(manifest: str, out: str, seed: int = 0, test_frac: float = 0.3, vocab:
     for line, row in rows:
         errors += [f"{manifest}:{line}: {field}: {problem}" for field, problem in _row_problems(row, folder)]
     pools, sources = distractor_pools([row for _, row in rows], vocab, builtin_vocab)
+    related, excluded = related_pairs((vocab or {}).get("related")), {}
     for field, pool in pools.items():
         asked = field != "pathology" or any(str(row.get("pathology") or "").strip() for _, row in rows)
         if asked and len(pool) < 4:
             errors.append(f"{manifest}: {field}: only {len(pool)} distinct values ({', '.join(pool)}); four options "
                           f"need at least 4: add rows, give --vocab with more {field} values"
                           + (", or drop --no-builtin-vocab" if not builtin_vocab else ""))
+            continue
+        for answer in dict.fromkeys(str(row.get(field) or "").strip() for _, row in rows):  # each answer once
+            also = [v for v in pool if also_right(answer, v, related) and same_text(v) != same_text(answer)]
+            if answer and also:
+                excluded.setdefault(field, {})[answer] = also
+            if answer and len(pool) - 1 - len(also) < 3:
+                errors.append(f"{manifest}: {field}: {answer!r} has {len(pool) - 1 - len(also)} distractors that are not "
+                              f"also right ({', '.join(also)} excluded): give --vocab with more {field} values")
     if not rows and not errors:
         errors.append(f"{manifest}: no rows")
     if errors:
         raise ValueError(f"{len(errors)} problem(s) in {manifest}:\n" + "\n".join(errors[:MAX_ERRORS]))
     rng, decks, records = np.random.default_rng(seed), {}, []
-    summary = {"images": len(rows), "lesions_without_mask": 0, "distractor_sources": sources}
+    summary = {"images": len(rows), "lesions_without_mask": 0, "distractor_sources": sources,
+               "distractors_excluded": excluded}  # per answer, values never offered beside it: they are also right
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     os.makedirs(os.path.join(out, "masks"), exist_ok=True)
     for i, (line, row) in enumerate(rows):
@@ -296,7 +332,7 @@ def build(manifest: str, out: str, seed: int = 0, test_frac: float = 0.3, vocab:
             meta["mask"] = f"masks/{name}.png"
         elif anomaly:
             summary["lesions_without_mask"] += 1  # no localization question for it
-        for q in questions_for(facts, pools, rng, decks, {"anatomy": {}, "modality": {}, "pathology": {}}):
+        for q in questions_for(facts, pools, rng, decks, {"anatomy": {}, "modality": {}, "pathology": {}}, related=related):
             records.append({"id": f"{name}-{q['task']}", "image": f"images/{name}.png", **q, **meta})
     train, test = split_by_patient(records, test_frac, seed)
     write_jsonl(os.path.join(out, "train.jsonl"), train)
@@ -318,7 +354,8 @@ def main(argv=None):
     p.add_argument("--test-frac", type=float, default=0.3, help="share of images in test.jsonl, split by patient "
                    "(default: %(default)s, the paper's 30%%)")
     p.add_argument("--vocab", help="JSON {field: [values]} adding distractor values for anatomy, modality, pathology "
-                   "(to the manifest's own and MedAD-38K's built-in ones)")
+                   "(to the manifest's own and MedAD-38K's built-in ones), and {\"related\": {value: [values]}}: "
+                   "values never offered beside each other, both being right (build.RELATED)")
     p.add_argument("--no-builtin-vocab", action="store_true", help="draw distractors from the manifest and --vocab "
                    "only, not from MedAD-38K's modalities, anatomies and common pathologies")
     args = p.parse_args(argv)

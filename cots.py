@@ -6,6 +6,11 @@ it alone (standing in for the paper's manual check). The templated files stay; t
 
     python cots.py --data my_set --cot-model PATH    # my_set/train.cot.jsonl, test.cot.jsonl; keep rate in summary.json
 
+The describer is any vision-language model transformers runs (the paper's MedGemma is a Gemma 3): Qwen2.5-VL through
+the project's sampler, others through `generate`. Train on train.cot.jsonl; evaluate on test.jsonl, never on
+test.cot.jsonl: keeping only the CoTs the judge follows to the right letter keeps the easier questions, and a test set
+filtered that way flatters every model.
+
 It is a script, not a library file: it needs model.py, the sampler and rewards.py.
 """
 import argparse
@@ -28,7 +33,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="the folder of train.jsonl / test.jsonl and their images")
     p.add_argument("--cot-model", required=True, help="a local vision-language model (folder or hub id) that writes "
-                   "the CoTs and judges them")
+                   "the CoTs and judges them: Qwen2.5-VL, Gemma 3 (MedGemma), or any AutoModelForImageTextToText")
     p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per description and per CoT (default: 256)")
     p.add_argument("--max-pixels", type=int, default=M.MAX_PIXELS, help="larger images are resized down to this many "
@@ -45,9 +50,9 @@ def model_cots(records: list[dict], policy, processor, batch_size: int = 8,
     def generate(prompts, images):
         chats = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": p}]}] for p in prompts]
         texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
-        inputs = {k: v.to(policy.device) for k, v in processor(text=texts, images=images, padding=True,
+        inputs = {k: v.to(policy.device) for k, v in processor(text=texts, images=[[im] for im in images], padding=True,
                                                                  return_tensors="pt").items()}
-        out = sampler.sample(policy, processor, inputs, greedy=True, max_new_tokens=max_new_tokens)
+        out = sampler.decode(policy, processor, inputs, greedy=True, max_new_tokens=max_new_tokens)
         return [t.strip() for t in out["texts"]]
 
     kept, descriptions = [], {}

@@ -20,6 +20,7 @@ from PIL import Image
 TASKS = ("anatomy", "modality", "anomaly", "pathology", "localization")  # the paper's five diagnostic axes
 LETTERS = "ABCD"
 REGIONS = ("Left Upper", "Right Upper", "Left Lower", "Right Lower", "Center Region")  # Figure 4
+ANOMALY_OPTIONS = ("Abnormal", "Normal", "Artifact only", "Indeterminate")  # "Abnormal" is the positive answer
 SYSTEM_PROMPT = ("You are a medical imaging expert. First reason step by step about the visual evidence inside "
                  "<think> </think>, then give the letter of the correct option inside <answer> </answer>.")
 REQUIRED = {"id": str, "image": str, "task": str, "question": str, "options": list, "answer": str}
@@ -206,7 +207,7 @@ def target(record: dict) -> str:
 def prompt_batch(processor, records: list[dict]) -> dict:
     """Processor inputs for a batch of questions, left-padded so generation continues every row at the end."""
     texts = [processor.apply_chat_template(messages(r), add_generation_prompt=True, tokenize=False) for r in records]
-    images = [load_image(r) for r in records]
+    images = [[load_image(r)] for r in records]  # one image a prompt, as every processor takes them
     return dict(processor(text=texts, images=images, padding=True, return_tensors="pt"))
 
 

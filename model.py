@@ -67,6 +67,8 @@ def limit_pixels(processor, max_pixels: int):
     28x28: a 2048x2048 slice would otherwise be ~5,300 tokens, prefilled for every one of G samples. The processor's
     own bound stays when it is lower (the tiny model's 112x112)."""
     size = processor.image_processor.size
+    if "longest_edge" not in size:  # a processor that resizes every image to one size (Gemma 3, LLaVA): no bound to set
+        return
     if max_pixels < size["shortest_edge"]:
         raise ValueError(f"--max-pixels {max_pixels} is below the processor's smallest image ({size['shortest_edge']} "
                          "pixels)")
@@ -116,6 +118,27 @@ def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | Non
     has_processor = glob.glob(os.path.join(path, "tokenizer*")) if os.path.isdir(path) else True
     processor = load_processor(path if has_processor else base, trust_remote_code, max_pixels)
     return model.to(device).eval(), processor
+
+
+def load_judge(path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
+               trust_remote_code: bool = False):
+    """(model, tokenizer) of the judge F of Eq. 6, frozen, its LM head in fp32 as the policy's: an SFT output or any
+    other adapter folder (merged onto its base, as load_model does), a vision-language model (used without an image),
+    or any causal language model, by hub id or folder."""
+    from transformers import AutoModelForCausalLM
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    path = os.path.abspath(path) if os.path.isdir(path) else path
+    if adapter_base(path):
+        model, processor = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = processor.tokenizer
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        except ValueError:  # a vision-language model that AutoModelForCausalLM does not map
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    return fp32_logits(model.requires_grad_(False).to(device).eval()), tokenizer
 
 
 def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets: str = LORA_TARGETS,
@@ -245,6 +268,13 @@ def end_of_turn_mask(ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
 
 def end_token_ids(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TURN, "<|endoftext|>")]
+
+
+def special_tokens(tokenizer) -> list[str]:
+    """The tokenizer's special tokens: what a completion may not write into its text (Eq. 4), for any model's
+    tokenizer (Qwen's all read <|...|>, Gemma's <start_of_turn>, ...)."""
+    added = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    return sorted(added | set(tokenizer.all_special_tokens))
 
 
 def completion_texts(tokenizer, ids: torch.Tensor, mask: torch.Tensor, ended: torch.Tensor) -> list[str]:

@@ -6,7 +6,8 @@
 import argparse
 import json
 
-GRPO_KEYS = ["reward", "accuracy", "format_rate", "consistency_rate"]
+GRPO_KEYS = ["reward", "accuracy", "format_rate", "consistency_rate",  # training rollouts, every step
+             "eval_accuracy_greedy", "eval_consistency_greedy"]  # held-out questions, every --eval-every steps
 
 
 def main():
@@ -23,13 +24,16 @@ def main():
     except ImportError:
         raise SystemExit("plot.py needs matplotlib: pip install matplotlib")
     rows = [json.loads(line) for line in open(args.metrics)]
-    keys = [k for k in args.keys if k in rows[0]]
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    keys = [k for k in args.keys if k in columns]
     if not keys:
-        raise SystemExit(f"{args.metrics}: none of {args.keys} is a column; columns: {', '.join(rows[0])}")
-    steps = [r["step"] for r in rows]
+        raise SystemExit(f"{args.metrics}: none of {args.keys} is a column; columns: {', '.join(columns)}")
     fig, ax = plt.subplots(figsize=(7, 4))
     for key in keys:
-        values = [r[key] for r in rows]
+        steps, values = zip(*[(r["step"], r[key]) for r in rows if r.get(key) is not None])
+        if key.startswith("eval_"):  # a few held-out points: drawn as they are
+            ax.plot(steps, values, "o--", label=key)
+            continue
         w = max(1, min(args.smooth, len(values)))
         smooth = [sum(values[max(0, i - w + 1):i + 1]) / len(values[max(0, i - w + 1):i + 1]) for i in range(len(values))]
         line, = ax.plot(steps, smooth, label=key)

@@ -81,6 +81,35 @@ def accuracy_reward(completion: str, options: list[str], answer: str) -> float:
 
 # ---- consistency (Eq. 6) ----
 
+def hide_conclusion(thought: str) -> str:
+    """The thought without its concluding part, for --judge-view hide-conclusion: where the thought has several
+    paragraphs (split at blank lines), its last paragraph goes; else its last sentence (sentences end at . ! or ?
+    followed by a space or a line break). A thought of one sentence leaves nothing: the judge is not asked and R_con
+    is 0, since nothing is left from which the answer could follow."""
+    paragraphs = [p for p in re.split(r"\n\s*\n", thought.strip()) if p.strip()]
+    if len(paragraphs) > 1:
+        return "\n\n".join(paragraphs[:-1])
+    sentences = re.split(r"(?<=[.!?])\s+", thought.strip())
+    return " ".join(sentences[:-1])
+
+
+def judge_views() -> dict:
+    """What the judge of Eq. 6 reads of a thought: all of it (the paper), or all but its concluding part."""
+    return {"full": lambda thought: thought, "hide-conclusion": hide_conclusion}
+
+
+def stated_conclusion(thought: str | None, options: list[str], letter: str | None) -> bool:
+    """Does the thought state the conclusion it leads to: name the chosen option's text (case and spaces aside) or
+    announce its letter ("the answer is B", "option B", "(B)")? A judge can then copy the answer rather than
+    follow the reasoning (README.md, "What the consistency reward rewards")."""
+    if not thought or letter is None:
+        return False
+    if _same(options[LETTERS.index(letter)]) in _same(thought):
+        return True
+    return bool(re.search(rf"(?:(?i:answer|option|choice)(?:\s+(?i:is))?\s*[:\-]?\s*\(?{letter}\)?|\({letter}\))(?![\w-])",
+                          thought))
+
+
 def judge_prompt(tokenizer, question: str, options: list[str], thought: str) -> str:
     """The judge reads the question, the options and the thought, and continues right after <answer>. Special tokens
     the thought holds are dropped: a completion cannot write the judge's chat turns."""
@@ -161,31 +190,21 @@ class Judge:
         return [LETTERS[i] for i in self.letter_logits(questions, options, thoughts).argmax(-1).tolist()]
 
 
-def load_judge(path: str, *, device: str = "cpu", dtype=None, max_thought_tokens: int = 768,
-               trust_remote_code: bool = False) -> Judge:
-    """A judge from a local folder or hub id: a causal LM, or a vision-language model used text-only."""
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except ValueError:  # a vision-language model that AutoModelForCausalLM does not map
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    model.requires_grad_(False)
-    return Judge(model.to(device).eval(), tokenizer, max_thought_tokens=max_thought_tokens)
+def consistency_rewards(judge, completions: list[str], questions: list[str], options: list[list[str]],
+                        view: str = "full"):
+    """R_con (Eq. 6) per completion, and the judge's letters (None where it was not asked). The judge reads the
+    thought as `view` shows it (judge_views: the whole thought, or all but its conclusion).
 
-
-def consistency_rewards(judge, completions: list[str], questions: list[str], options: list[list[str]]):
-    """R_con (Eq. 6) per completion, and the judge's letters (None where it was not asked).
-
-    0.0 without asking the judge when the thought is empty or the answer cannot be parsed.
+    0.0 without asking the judge when the thought (as shown) is empty or the answer cannot be parsed.
     """
-    asked, judged = [], [None] * len(completions)
+    show = judge_views()[view]
+    asked, judged, shown = [], [None] * len(completions), {}
     for i, (completion, opts) in enumerate(zip(completions, options)):
         thought, answer = split_think_answer(completion)
-        if thought and thought.strip() and parse_answer(answer, opts):
+        shown[i] = show(thought) if thought else ""
+        if shown[i].strip() and parse_answer(answer, opts):
             asked.append(i)
-    letters = judge([questions[i] for i in asked], [options[i] for i in asked],
-                    [split_think_answer(completions[i])[0] for i in asked])
+    letters = judge([questions[i] for i in asked], [options[i] for i in asked], [shown[i] for i in asked])
     for i, letter in zip(asked, letters):
         judged[i] = letter
     rewards = [float(j is not None and j == answer_letter(c, o)) for c, o, j in zip(completions, options, judged)]
@@ -200,7 +219,8 @@ def total_reward(fmt, acc, con, lambda_fmt: float = 1 / 3, lambda_acc: float = 1
 
 
 def score(completions: list[str], records: list[dict], judge=None, *, ended=None, special_tokens=(),
-          lambda_fmt: float = 1 / 3, lambda_acc: float = 1 / 3, lambda_con: float = 1 / 3) -> dict:
+          judge_view: str = "full", lambda_fmt: float = 1 / 3, lambda_acc: float = 1 / 3,
+          lambda_con: float = 1 / 3) -> dict:
     """All rewards of a batch of completions; records[i] (question, options, answer) is completion i's question, and
     ended[i] whether it stopped with the end-of-turn token (default: all did).
 
@@ -212,7 +232,7 @@ def score(completions: list[str], records: list[dict], judge=None, *, ended=None
     fmt = torch.tensor([format_reward(c, e, special_tokens) for c, e in zip(completions, ended)])
     acc = torch.tensor([accuracy_reward(c, r["options"], r["answer"]) for c, r in zip(completions, records)])
     if judge is not None:
-        con, letters = consistency_rewards(judge, completions, [r["question"] for r in records], options)
+        con, letters = consistency_rewards(judge, completions, [r["question"] for r in records], options, judge_view)
         con = torch.tensor(con)
     else:
         con, letters = torch.zeros(len(completions)), [None] * len(completions)

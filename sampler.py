@@ -3,6 +3,7 @@
 Imports model.py only (the Qwen2.5-VL core that computes M-RoPE positions, the end-of-turn tokens).
 
     out = sample(policy, processor, prompt, group_size=8, max_new_tokens=512)   # ids, mask, log-probs, texts
+    out = decode(model, processor, prompt, greedy=True)   # sample() for Qwen2.5-VL, generate() for any other VLM
 
 transformers' `generate` prefills every one of the G copies of a prompt and launches ~1,000 kernels a token from
 Python; here a prompt is prefilled once, its keys and values copied to its G rows, and on GPUs a decode step is one
@@ -11,6 +12,7 @@ CUDA graph replay. `tests/test_sampler.py` holds it to `generate` (greedy), to a
 """
 import torch
 from torch.distributed.fsdp import FSDPModule
+from transformers import GenerationConfig
 
 import model as M
 
@@ -170,3 +172,47 @@ def _capture(step):
         print(f"sampler.sample: decoding without a CUDA graph ({type(e).__name__}: {str(e)[:200]})")
         return None, None
 
+
+
+# ---- the plain path: any vision-language model transformers can run ----
+
+def end_ids(model, tokenizer) -> list[int]:
+    """The tokens that end a turn: the checkpoint's end-of-sequence ids (Gemma's <end_of_turn> is among them) and the
+    tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    ids = [eos] if isinstance(eos, int) else list(eos or [])
+    return sorted(set(ids) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
+
+
+@torch.no_grad()
+def generate(model, processor, prompt: dict, *, group_size: int = 1, max_new_tokens: int = 256,
+             temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, seed: int | None = None) -> dict:
+    """G completions per prompt through transformers' `generate`, for a model the fast sampler does not run (a baseline
+    row of Table 1, the describer of cots.py): the same rows, mask, `ended` and texts as sample(), no log-probs.
+    Decoded as sample() decodes: temperature and top-p as given, top-k off, nothing else of the checkpoint's
+    generation settings but its end tokens; no special token but those (an image token breaks some models' next
+    forward)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    tok = processor.tokenizer
+    ends = end_ids(model, tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else ends[0]
+    banned = [[t] for t in sorted(set(tok.all_special_ids) - set(ends) - {pad})]
+    config = GenerationConfig(do_sample=not greedy, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
+                              num_return_sequences=group_size, eos_token_id=ends, pad_token_id=pad,
+                              bad_words_ids=banned or None)
+    own, model.generation_config = model.generation_config, config  # generate would fill unset fields from its own
+    try:
+        out = model.generate(**prompt, generation_config=config)[:, prompt["input_ids"].shape[1]:]
+    finally:
+        model.generation_config = own
+    mask = M.end_of_turn_mask(out, ends)
+    ended = torch.isin(out, torch.tensor(ends, device=out.device)).any(1)
+    ids = out.masked_fill(mask == 0, pad)
+    return {"completion_ids": ids, "completion_mask": mask, "ended": ended, "texts": M.completion_texts(tok, ids, mask, ended)}
+
+
+def decode(model, processor, prompt: dict, **kwargs) -> dict:
+    """sample() for Qwen2.5-VL, the fast path; generate() for any other vision-language model."""
+    fast = model.config.model_type == "qwen2_5_vl"
+    return (sample if fast else generate)(model, processor, prompt, **kwargs)

@@ -39,10 +39,10 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def train_tokenizer(corpus, vocab_size: int = 1024):
-    """A byte-level BPE with Qwen2's pre-tokenizer and Qwen's special tokens, trained offline on `corpus`."""
+def train_bpe(corpus, vocab_size: int, special_tokens: list[str]):
+    """A byte-level BPE (a `tokenizers.Tokenizer`) with Qwen2's pre-tokenizer, trained offline on `corpus`, its special
+    tokens after the vocabulary as in Qwen's tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
     bpe = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     bpe.normalizer = normalizers.NFC()
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
@@ -52,10 +52,16 @@ def train_tokenizer(corpus, vocab_size: int = 1024):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(corpus, trainer)
-    bpe.add_special_tokens(SPECIAL_TOKENS)
-    return Qwen2Tokenizer(tokenizer_object=bpe, eos_token=M.END_OF_TURN, pad_token="<|endoftext|>", bos_token=None,
-                          unk_token=None, padding_side="left", errors="replace", model_max_length=32768,
-                          clean_up_tokenization_spaces=False, split_special_tokens=False)
+    bpe.add_special_tokens(special_tokens)
+    return bpe
+
+
+def train_tokenizer(corpus, vocab_size: int = 1024):
+    """Qwen2.5-VL's tokenizer in miniature: a byte-level BPE trained offline with Qwen's special tokens."""
+    from transformers import Qwen2Tokenizer
+    return Qwen2Tokenizer(tokenizer_object=train_bpe(corpus, vocab_size, SPECIAL_TOKENS), eos_token=M.END_OF_TURN,
+                          pad_token="<|endoftext|>", bos_token=None, unk_token=None, padding_side="left", errors="replace",
+                          model_max_length=32768, clean_up_tokenization_spaces=False, split_special_tokens=False)
 
 
 def tiny_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 64,

@@ -18,7 +18,10 @@ Choices where the paper is silent or ambiguous, each with the flag that changes 
   of the loss.
 - Without --lora the policy is fully fine-tuned (the paper) and π_SFT is a frozen copy; with --lora a LoRA is
   trained on top of π_SFT and π_SFT is the same weights with the adapter disabled (no second copy).
-- --judge self reuses π_SFT's weights as the judge, text-only. The lr is constant after an optional warm-up.
+- --judge self reuses π_SFT's weights as the judge, text-only. The judge reads the whole thought (the paper);
+  --judge-view hide-conclusion hides its concluding part, so that R_con pays for reasoning from which the answer
+  follows, not for the answer restated (README.md, "What the consistency reward rewards"). The lr is constant after
+  an optional warm-up.
 - bf16 as the paper says, as mixed precision (--precision bf16, the default on GPUs that support it): autocast
   around forward passes, fp32 weights for a fully fine-tuned policy (a bf16 weight cannot take the updates lr 1e-6
   makes), and π_SFT in the same regime, so that before the first update r_t = 1 and KL = 0 exactly. The LM head runs
@@ -32,6 +35,7 @@ Choices where the paper is silent or ambiguous, each with the flag that changes 
     python train_grpo.py --ckpt sft_out                 # the SFT run's training data, recorded in sft_out/args.json
     python train_grpo.py --ckpt sft_out --data train.jsonl --out grpo_out
     torchrun --nproc_per_node 8 train_grpo.py --ckpt sft_out --out grpo_out --fsdp      # 8 GPUs, sharded
+    python train_grpo.py --ckpt sft_out --eval-data test.jsonl --eval-every 50          # + held-out accuracy
 """
 import argparse
 import json
@@ -44,6 +48,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import answers
 import data
 import distributed as D
 import model as M
@@ -60,7 +65,8 @@ def parse_args(argv=None):
                    "the one the SFT run in --ckpt used (its args.json)")
     p.add_argument("--out", default="grpo_out", help="output folder (default: %(default)s)")
     p.add_argument("--group-size", type=int, default=8, help="G completions per prompt (paper: 8)")
-    p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step; x G = global batch (paper: 64). "
+    p.add_argument("--prompts-per-step", type=int, default=8, help="prompts per step (paper: 8); x G = the global batch "
+                   "of completions (paper: 64 = 8 x 8). "
                    "Every step takes this many: an epoch's last batch is filled up from the start of its shuffled "
                    "order, so with torchrun each rank always samples whole groups for the same number of prompts")
     p.add_argument("--epochs", type=float, default=1, help="passes over the prompts (paper: 1)")
@@ -72,6 +78,13 @@ def parse_args(argv=None):
     p.add_argument("--lambda-fmt", type=float, default=1 / 3, help="λ_fmt of Eq. 3 (paper: 1/3; Table 3)")
     p.add_argument("--lambda-acc", type=float, default=1 / 3, help="λ_acc of Eq. 3 (paper: 1/3; Table 3)")
     p.add_argument("--lambda-con", type=float, default=1 / 3, help="λ_con of Eq. 3 (paper: 1/3; Table 3)")
+    p.add_argument("--judge-view", choices=sorted(rewards.judge_views()), default="full", help="what the judge reads of "
+                   "a thought: all of it (the paper) or all but its concluding part, so that R_con pays for reasoning "
+                   "from which the answer follows rather than the answer restated (default: %(default)s)")
+    p.add_argument("--eval-data", help="held-out JSONL: every --eval-every steps the policy answers its first "
+                   "--eval-samples questions greedily, scored as evaluate.py scores them, consistency by the training judge")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate on --eval-data every N steps and at the end (0: never)")
+    p.add_argument("--eval-samples", type=int, default=64, help="questions per held-out evaluation (default: %(default)s)")
     p.add_argument("--judge", default="self", help="F of Eq. 6: 'self' (π_SFT's weights, text-only) or a causal "
                    "LM folder / hub id (default: %(default)s)")
     p.add_argument("--judge-max-tokens", type=int, default=768, help="thought tokens the judge reads (the end)")
@@ -238,7 +251,10 @@ def main(argv=None):
     rank, world, device = D.init_distributed()
     args.precision = args.precision or M.default_precision(device)
     args.data = args.data or sft_data(args.ckpt)
+    # recorded absolute in args.json: evaluate.py judges every row with this run's judge
+    args.ckpt, args.judge = (os.path.abspath(p) if os.path.isdir(p) else p for p in (args.ckpt, args.judge))
     records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
+    eval_records = data.load_jsonl(args.eval_data)[:args.eval_samples] if args.eval_data else []
     G, P = args.group_size, args.prompts_per_step
     if P % world:
         raise ValueError(f"--prompts-per-step {P} must be a multiple of the world size {world}")
@@ -271,8 +287,8 @@ def main(argv=None):
         judge = rewards.Judge(policy if reference is None else reference, processor.tokenizer, max_thought_tokens=args.judge_max_tokens,
                               disable_adapter=args.lora)
     else:
-        judge = rewards.load_judge(args.judge, device=device, dtype=M.weights_dtype(args.precision, trained=False),
-                                   max_thought_tokens=args.judge_max_tokens, trust_remote_code=args.trust_remote_code)
+        judge = rewards.Judge(*M.load_judge(args.judge, device=device, dtype=M.weights_dtype(args.precision, trained=False),
+                                            trust_remote_code=args.trust_remote_code), max_thought_tokens=args.judge_max_tokens)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(records) / P)
@@ -280,6 +296,7 @@ def main(argv=None):
     scheduler = run.lr_schedule(optimizer, total_steps * args.iterations, args.warmup_ratio, decay="constant")
     step = run.start_step(args.out, args.resume, policy, optimizer, scheduler)
     weights = dict(lambda_fmt=args.lambda_fmt, lambda_acc=args.lambda_acc, lambda_con=args.lambda_con)
+    special = M.special_tokens(processor.tokenizer)  # a completion that writes one is not well formed (Eq. 4)
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
@@ -308,7 +325,8 @@ def main(argv=None):
 
         # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
         with M.autocast(device, args.precision), D.unsharded(judge.model):  # FSDP: ranks judge different counts
-            scores = rewards.score(texts, [r for r in mine for _ in range(G)], judge, ended=ended.tolist(), **weights)
+            scores = rewards.score(texts, [r for r in mine for _ in range(G)], judge, ended=ended.tolist(),
+                                   special_tokens=special, judge_view=args.judge_view, **weights)
         advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)
         loss_mask = mask * ended[:, None] if args.mask_truncated else mask  # a cut-off completion out of the loss
         t2 = time.time()
@@ -320,14 +338,26 @@ def main(argv=None):
         t3 = time.time()
 
         # ---- log ----
-        groups = scores["reward"].view(-1, G)
+        groups, asked = scores["reward"].view(-1, G), [r for r in mine for _ in range(G)]
+        stated = [rewards.stated_conclusion(rewards.split_think_answer(t)[0], r["options"], rewards.answer_letter(t, r["options"]))
+                  for t, r in zip(texts, asked)]
         local = {"reward": scores["reward"].mean().item(), "accuracy": scores["accuracy"].mean().item(),
                  "format_rate": scores["format"].mean().item(), "consistency_rate": scores["consistency"].mean().item(),
+                 "stated_rate": sum(stated) / len(stated),
                  "completion_len": mask.sum(1).float().mean().item(), "truncated_rate": 1 - ended.float().mean().item(),
                  "zero_adv_groups": (groups.max(1).values == groups.min(1).values).float().mean().item()}
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
         row.update({k: v / world for k, v in D.all_reduce_sum(local).items()})  # every rank has as many completions
         row.update({**stats, "t_sample": t1 - t0, "t_judge": t2 - t1, "t_loss": t3 - t2, "peak_mem_gb": run.peak_memory_gb()})
+        if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps):
+            policy.eval()
+            with M.autocast(device, args.precision), D.unsharded(policy), D.unsharded(judge.model):
+                if rank == 0 or args.fsdp:  # under FSDP every rank joins the all-gathers
+                    held_out = answers.metrics(answers.answer(policy, processor, eval_records, judge=judge, greedy=True,
+                                                              seed=None, max_new_tokens=args.max_new_tokens,
+                                                              judge_view=args.judge_view))
+                    row.update({"eval_accuracy_greedy": held_out["overall"], "eval_format_greedy": held_out["format_rate"],
+                                "eval_consistency_greedy": held_out["consistency_rate"]})
         if rank == 0:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()

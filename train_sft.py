@@ -37,12 +37,12 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import answers
 import data
 import distributed as D
 import model as M
 import rewards
 import run
-import sampler
 
 
 def parse_args(argv=None):
@@ -109,22 +109,21 @@ def judge_loss(judge, records: list[dict], n_examples: float):
 
 @torch.no_grad()
 def evaluate_sft(policy, processor, records, micro_batch: int, max_new_tokens: int) -> dict:
-    """Held-out loss per target token, and accuracy and format rate of greedy answers, parsed and scored as
-    evaluate.py scores them (rewards.accuracy_reward, rewards.format_reward)."""
+    """Held-out loss per target token, and accuracy and format rate of greedy answers, scored as evaluate.py scores
+    them (answers.py)."""
     policy.eval()
-    nll = tokens = correct = formatted = 0
+    nll = tokens = 0
     for i in range(0, len(records), micro_batch):
         chunk = records[i:i + micro_batch]
         prompt = {k: v.to(policy.device) for k, v in data.prompt_batch(processor, chunk).items()}
         ids, mask = (t.to(policy.device) for t in data.target_batch(processor.tokenizer, chunk))
         nll += -(M.completion_logprobs(policy, prompt, ids, mask) * mask).sum().item()
         tokens += mask.sum().item()
-        out = sampler.sample(policy, processor, prompt, greedy=True, max_new_tokens=max_new_tokens)
-        correct += sum(rewards.accuracy_reward(t, r["options"], r["answer"]) for r, t in zip(chunk, out["texts"]))
-        formatted += sum(rewards.format_reward(t, e) for t, e in zip(out["texts"], out["ended"].tolist()))
+    held_out = answers.metrics(answers.answer(policy, processor, records, greedy=True, seed=None,
+                                              max_new_tokens=max_new_tokens, batch_size=micro_batch))
     policy.train()
-    return {"eval_loss": nll / tokens, "eval_accuracy_greedy": correct / len(records),
-            "eval_format_greedy": formatted / len(records)}
+    return {"eval_loss": nll / tokens, "eval_accuracy_greedy": held_out["overall"],
+            "eval_format_greedy": held_out["format_rate"]}
 
 
 @torch.no_grad()

@@ -139,7 +139,52 @@ def test_one_modality_and_one_anatomy_take_distractors_from_medad38ks_vocabulary
     assert {r["task"] for r in records} == set(data.TASKS)
     for r in records:  # the answer once, never again as a synonym in other case ("mri" and "MRI")
         assert len({data.same_text(o) for o in r["options"]}) == 4
-        assert truth(r) in {"mri", "brain", "Glioma", "Meningioma"} | set(build.ANOMALY_OPTIONS) | set(data.REGIONS)
+        assert truth(r) in {"mri", "brain", "Glioma", "Meningioma"} | set(data.ANOMALY_OPTIONS) | set(data.REGIONS)
+
+
+# Pairs of which both are right for one image, stated here independently of build.py: a modality and its contrast-
+# enhanced form, an organ and the region that holds it, a finding and the class that covers it.
+BOTH_RIGHT = [("MRI", "CE-MRI"), ("Chest", "Lung"), *[("Tumor", p) for p in ("Glioma", "Lymphoma", "Carcinoma",
+                                                                        "Melanoma", "Nevus", "Polyp", "Nodule")]]
+
+
+@pytest.mark.parametrize("field", sorted(build.BUILTIN_VOCAB))
+def test_the_builtin_vocabulary_never_yields_a_second_right_option(field):
+    import numpy as np
+    pool, rng, related = build.BUILTIN_VOCAB[field], np.random.default_rng(0), build.related_pairs()
+    both = {frozenset(map(data.same_text, pair)) for pair in BOTH_RIGHT}
+    for answer in pool:
+        seen = set()
+        for _ in range(200):  # every distractor each answer can draw
+            q = build.make_question(field, answer, pool, rng, [], related=related)
+            assert len(q["options"]) == 4 and q["options"][data.LETTERS.index(q["answer"])] == answer
+            seen |= set(q["options"]) - {answer}
+        assert not any(frozenset(map(data.same_text, (answer, other))) in both for other in seen), (answer, seen)
+        assert len(seen) == len(pool) - 1 - sum(frozenset(map(data.same_text, (answer, o))) in both for o in pool)
+
+
+def test_a_glioma_mri_set_never_offers_ce_mri_or_tumor_and_says_so(tmp_path):
+    rows = [dict(image="img16.png", mask="lesion.png", source="BraTS", modality="MRI", anatomy="Brain", anomaly="yes",
+                 pathology="Glioma", patient=f"p{i}") for i in range(6)]
+    path, _ = write_manifest(tmp_path, rows, vocab_rows=False)
+    summary = build.build(path, str(tmp_path / "out"), seed=0, vocab={"related": {"Glioma": ["Astrocytoma"]},
+                                                                    "pathology": ["Astrocytoma", "Meningioma"]})
+    assert summary["distractors_excluded"]["modality"] == {"MRI": ["CE-MRI"]}
+    assert set(summary["distractors_excluded"]["pathology"]["Glioma"]) == {"Astrocytoma", "Tumor"}  # --vocab's too
+    records = data.load_jsonl(str(tmp_path / "out" / "train.jsonl")) + data.load_jsonl(str(tmp_path / "out" / "test.jsonl"))
+    options = {r["task"]: set() for r in records}
+    for r in records:
+        options[r["task"]] |= set(r["options"])
+    assert "CE-MRI" not in options["modality"] and not {"Tumor", "Astrocytoma"} & options["pathology"]
+
+
+def test_too_few_distractors_that_are_not_also_right_is_an_error(tmp_path):
+    rows = [dict(image="img16.png", mask="lesion.png", source="s", modality="MRI", anatomy="Brain", anomaly="yes",
+                 pathology=p, patient=f"p{i}") for i, p in enumerate(["Tumor", "Glioma", "Lymphoma", "Cyst"])]
+    path, _ = write_manifest(tmp_path, rows, vocab_rows=False)
+    with pytest.raises(ValueError, match="pathology: 'Tumor' has 1 distractors that are not also right"):
+        build.build(path, str(tmp_path / "out"), builtin_vocab=False, vocab={"anatomy": ["Liver", "Lung", "Skin"],
+                                                                             "modality": ["CT", "OCT", "X-ray"]})
 
 
 def test_a_manifest_with_a_byte_order_mark_and_one_with_a_latin1_byte(tmp_path):

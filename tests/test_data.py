@@ -171,7 +171,7 @@ def test_synthetic_set_is_byte_identical_for_one_seed(tmp_path):
 def test_fixed_option_order_keeps_each_tasks_order_and_the_right_letter(tmp_path):
     synth.synth(str(tmp_path), 40, seed=1, shuffle_options=False)
     records = data.load_jsonl(str(tmp_path / "train.jsonl")) + data.load_jsonl(str(tmp_path / "test.jsonl"))
-    order = {**synth.SYNTH_VOCAB, "anomaly": build.ANOMALY_OPTIONS, "localization": list(data.REGIONS)}
+    order = {**synth.SYNTH_VOCAB, "anomaly": list(data.ANOMALY_OPTIONS), "localization": list(data.REGIONS)}
     for r in records:
         assert r["options"] == sorted(r["options"], key=order[r["task"]].index), r["id"]
         assert r["cot"].endswith(f"So the answer is {r['options']['ABCD'.index(r['answer'])]}.")

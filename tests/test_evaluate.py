@@ -5,13 +5,15 @@ import numpy as np
 import pytest
 import torch
 
+import answers
 import evaluate
 
 
 def pred(task, correct, *, truth="x", predicted="x", letter="A", fmt=True, consistent=True, n=10, source="s1",
-         modality="MRI"):
+         modality="MRI", stated=False):
     return {"task": task, "correct": correct, "truth_text": truth, "predicted_text": predicted, "letter": letter,
-            "format_ok": fmt, "consistent": consistent, "completion_tokens": n, "source": source, "modality": modality}
+            "format_ok": fmt, "consistent": consistent, "completion_tokens": n, "source": source, "modality": modality,
+            "stated": stated}
 
 
 def test_metrics_on_hand_made_predictions():
@@ -20,7 +22,7 @@ def test_metrics_on_hand_made_predictions():
             pred("anomaly", False, truth="Abnormal", predicted="Normal", modality="CT"),
             pred("anomaly", True, truth="Normal", predicted="Normal", source="s2"),
             pred("localization", False, n=30, source="s2")]
-    m = evaluate.metrics(rows)
+    m = answers.metrics(rows)
     assert m["anatomy"] == 0.5 and m["anomaly"] == pytest.approx(2 / 3) and m["localization"] == 0.0
     assert m["modality"] is None and m["pathology"] is None  # no such questions
     assert m["overall"] == pytest.approx(3 / 6)  # all correct answers over all questions, not a mean of tasks
@@ -41,11 +43,11 @@ def test_the_denominators_and_the_positive_anomaly_answer():
             pred("anomaly", False, truth="Abnormal", letter=None, predicted=None, consistent=False),  # unparseable: a miss
             pred("anomaly", True, truth=" normal", predicted="Normal"),
             pred("anomaly", False, truth="Normal", predicted="Artifact only")]
-    m = evaluate.metrics(rows)
+    m = answers.metrics(rows)
     assert m["consistency_rate"] == pytest.approx(6 / 9)  # over every question
     assert m["consistency_parsed"] == pytest.approx(6 / 7)  # over the parsed answers
     assert m["sensitivity"] == pytest.approx(1 / 4) and m["specificity"] == pytest.approx(1 / 2)
-    assert evaluate.metrics([pred("anomaly", True, truth="Yes", predicted="Yes")])["sensitivity"] is None
+    assert answers.metrics([pred("anomaly", True, truth="Yes", predicted="Yes")])["sensitivity"] is None
 
 
 def test_a_set_without_abnormal_or_normal_answers_is_warned_about(tiny_dir, synth_dir, tmp_path, capsys):
@@ -75,10 +77,11 @@ def test_mean_and_std_over_seeds():
 def test_end_to_end_numbers_recompute_from_predictions(tiny_dir, synth_dir, tmp_path):
     out = tmp_path / "eval"
     evaluate.main(["--ckpt", tiny_dir, tiny_dir, "--names", "a", "b", "--data", os.path.join(synth_dir, "test.jsonl"),
-                   "--out", str(out), "--seeds", "0", "1", "--limit", "24", "--max-new-tokens", "16"])
+                   "--out", str(out), "--seeds", "0", "1", "--limit", "24", "--max-new-tokens", "16", "--judge", "self"])
     md = open(out / "results.md").read()
+    assert md.startswith("Consistency judged by: self (each model judges its own thoughts")  # said, not hidden
     for column in ("Anatomy ID.", "Anomaly Det.", "Lesion Loc.", "Modality Class.", "Pathology Char.", "Overall"):
-        assert column in md.splitlines()[2]
+        assert column in md.splitlines()[4]
     report = json.load(open(out / "results.json"))
     predictions = [json.loads(l) for l in open(out / "predictions.jsonl")]
     assert len(predictions) == 2 * 2 * 24
@@ -105,16 +108,41 @@ def test_an_unreadable_image_names_file_and_line(tiny_dir, synth_dir, tmp_path):
         f.truncate(120)
     with pytest.raises(ValueError, match=r"test.jsonl:1: image"):
         evaluate.main(["--ckpt", tiny_dir, "--data", str(folder / "test.jsonl"), "--out", str(tmp_path / "e"),
-                       "--seeds", "0", "--limit", "2", "--max-new-tokens", "4"])
+                       "--seeds", "0", "--limit", "2", "--max-new-tokens", "4", "--judge", "none"])
 
 
-def test_bf16_precision_loads_bf16_weights(tiny_dir, synth_dir, tmp_path, monkeypatch):
+def test_bf16_scores_as_training_does_bf16_weights_and_an_fp32_head(tiny_dir, synth_dir, tmp_path, monkeypatch):
     import model
-    dtypes, real = [], model.load_model
-    monkeypatch.setattr(model, "load_model", lambda *a, **k: dtypes.append(k.get("dtype")) or real(*a, **k))
+    loaded, real = [], model.load_model
+    monkeypatch.setattr(model, "load_model", lambda *a, **k: loaded.append(real(*a, **k)) or loaded[-1])
+    heads = []
+    real_answer = answers.answer
+    monkeypatch.setattr(answers, "answer", lambda policy, *a, **k: heads.append(
+        policy.lm_head(torch.zeros(1, policy.config.text_config.hidden_size, dtype=torch.bfloat16)).dtype) or
+        real_answer(policy, *a, **k))
     report = evaluate.main(["--ckpt", tiny_dir, "--data", os.path.join(synth_dir, "test.jsonl"), "--out", str(tmp_path),
-                            "--seeds", "0", "--limit", "8", "--max-new-tokens", "8", "--precision", "bf16"])
-    assert dtypes == [torch.bfloat16] and report["questions"] == 8
+                            "--seeds", "0", "--limit", "8", "--max-new-tokens", "8", "--precision", "bf16", "--judge", "self"])
+    policy = loaded[0][0]
+    assert policy.model.language_model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16  # a 72B baseline fits
+    assert heads == [torch.float32] and report["questions"] == 8 and report["precision"] == "bf16"
+
+
+def test_without_judge_evaluation_names_the_one_con_grpo_trained_with(sft5, five, tiny_dir, synth_dir, tmp_path, monkeypatch):
+    from helpers import grpo_args
+    import rewards
+    import train_grpo
+    test = os.path.join(synth_dir, "test.jsonl")
+    common = ["--data", test, "--seeds", "0", "--limit", "4", "--max-new-tokens", "8"]
+    with pytest.raises(SystemExit, match="--judge is needed"):
+        evaluate.main(["--ckpt", tiny_dir, sft5, "--out", str(tmp_path / "e"), *common])
+    train_grpo.main(grpo_args(sft5, five, tmp_path / "grpo", "--epochs", "1"))  # --judge self: π_SFT judged
+    judges = []
+    real = rewards.Judge.__init__
+    monkeypatch.setattr(rewards.Judge, "__init__", lambda self, m, *a, **k: judges.append(m) or real(self, m, *a, **k))
+    report = evaluate.main(["--ckpt", tiny_dir, sft5, str(tmp_path / "grpo"), "--out", str(tmp_path / "e"), *common])
+    assert report["judge"]["model"] == os.path.abspath(sft5) and len(judges) == 1  # one judge for the three rows
+    assert "Con-GRPO run" in report["judge"]["how"]
+    assert open(tmp_path / "e" / "results.md").read().startswith(f"Consistency judged by: {os.path.abspath(sft5)}")
 
 
 def test_judge_none_builds_no_judge_and_leaves_the_consistency_blank(tiny_dir, synth_dir, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 import data
 import model
+import rewards
 import run
 import sampler
 import train_grpo
@@ -252,3 +253,22 @@ def test_truncated_completions_score_no_format_and_leave_the_loss_with_mask_trun
     assert row["truncated_rate"] == pytest.approx(1 - ended.float().mean().item()) and row["truncated_rate"] > 0
     assert (loss_mask[~ended] == 0).all() and (loss_mask[ended].sum(1) > 0).all()
     assert row["format_rate"] <= 1 - row["truncated_rate"]  # a cut-off completion is never well formed
+
+
+def test_held_out_evaluation_during_con_grpo(sft5, five, synth_dir, tmp_path):
+    """--eval-data: every --eval-every steps and at the end, greedy answers to held-out questions, scored as
+    evaluate.py scores them, their consistency by the training judge; the training rows carry the stated rate."""
+    test = os.path.join(synth_dir, "test.jsonl")
+    train_grpo.main(grpo_args(sft5, five, tmp_path, "--epochs", "2", "--eval-data", test, "--eval-every", "4",
+                              "--eval-samples", "6"))  # 6 steps: evaluated at steps 4 and 6
+    rows = metrics(tmp_path)
+    assert [r["step"] for r in rows if "eval_accuracy_greedy" in r] == [4, 6]
+    last = rows[-1]
+    import answers
+    judge = rewards.Judge(*model.load_judge(sft5, device="cpu"))  # --judge self: π_SFT's weights
+    policy, processor = model.load_model(str(tmp_path), device="cpu")
+    expected = answers.metrics(answers.answer(policy, processor, data.load_jsonl(test)[:6], judge=judge, greedy=True,
+                                              seed=None, max_new_tokens=96))
+    assert last["eval_accuracy_greedy"] == expected["overall"] and last["eval_format_greedy"] == expected["format_rate"]
+    assert last["eval_consistency_greedy"] == expected["consistency_rate"]
+    assert all(0 <= r["stated_rate"] <= 1 for r in rows)

@@ -38,7 +38,7 @@ def test_sft_beats_the_untrained_model_and_the_pipeline_runs_end_to_end(tmp_path
     grpo, sft = model.load_model(str(tmp_path / "grpo"), device="cpu")[0], model.load_model(str(tmp_path / "sft"), device="cpu")[0]
     moved = [n for n, p in grpo.named_parameters() if not torch.equal(p, sft.get_parameter(n))]
     assert moved and all("visual" not in n for n in moved)  # the language model trained, the vision tower frozen
-    judge, held_out = rewards.load_judge(str(tmp_path / "judge")), data.load_jsonl(test)
+    judge, held_out = rewards.Judge(*model.load_judge(str(tmp_path / "judge"), device="cpu")), data.load_jsonl(test)
     letters = judge([r["question"] for r in held_out], [r["options"] for r in held_out], [r["cot"] for r in held_out])
     assert np.mean([a == r["answer"] for a, r in zip(letters, held_out)]) > 0.5  # the gold CoTs' letter; measured 0.74
     last = json.loads(open(tmp_path / "judge" / "metrics.jsonl").readlines()[-1])

@@ -210,3 +210,41 @@ def test_special_tokens_in_a_thought_do_not_reach_the_judge_as_chat_turns(tiny):
     prompt = rewards.judge_prompt(processor.tokenizer, "Q?", OPTS, "lesion<|im_end|>\n<|im_start|>assistant\nA")
     assert prompt.count("<|im_start|>") == prompt.split("<think>")[0].count("<|im_start|>")
     assert prompt.endswith("<think>lesion\nassistant\nA</think><answer>")
+
+
+@pytest.mark.parametrize("thought, hidden", [
+    ("So the answer is Left Upper.", ""),  # one sentence: nothing is left
+    ("  A bright mass. It lies upper left. So the answer is Left Upper.  ", "A bright mass. It lies upper left."),
+    ("A 3.5 cm mass is seen! Where? So: B.", "A 3.5 cm mass is seen! Where?"),  # . ! ? end sentences, not "3.5"
+    ("First, the outline.\nThen the spot.\n\nSo it is B. Clearly.", "First, the outline.\nThen the spot."),  # paragraphs
+    ("Para one.\n  \nPara two.\n\nPara three, the conclusion.", "Para one.\n\nPara two."),
+    ("no full stop at all", ""),
+])
+def test_the_concluding_part_the_hidden_view_leaves_out(thought, hidden):
+    assert rewards.hide_conclusion(thought) == hidden
+
+
+def test_the_hidden_view_asks_the_judge_about_the_reasoning_only(tiny):
+    m, processor = tiny
+    judge = rewards.Judge(m, processor.tokenizer)
+    asked = []
+    counting = lambda q, o, t: asked.extend(t) or judge(q, o, t)  # noqa: E731
+    completions = ["<think>A bright mass. It lies upper left. So the answer is Left Upper.</think><answer>A</answer>",
+                   "<think>So the answer is Left Upper.</think><answer>A</answer>"]  # one sentence: nothing to read
+    con, letters = rewards.consistency_rewards(counting, completions, ["Where?"] * 2, [OPTS] * 2, view="hide-conclusion")
+    assert asked == ["A bright mass. It lies upper left."] and letters[1] is None and con[1] == 0.0
+    rewards.consistency_rewards(counting, completions[:1], ["Where?"], [OPTS])  # the paper's view: all of it
+    assert asked[-1] == "A bright mass. It lies upper left. So the answer is Left Upper."
+
+
+@pytest.mark.parametrize("thought, letter, stated", [
+    ("The mass lies in the left upper part. So the answer is Left Upper.", "A", True),  # names the option's text
+    ("It is in the LEFT  UPPER corner.", "A", True),  # case and spaces aside
+    ("A bright spot, top left. The answer is A.", "A", True),  # announces the letter
+    ("Option (C) fits best.", "C", True),
+    ("A bright spot at the top left of the image.", "A", False),  # reasons, but names neither text nor letter
+    ("The answer is B.", "A", False),  # states another option than the one chosen
+    (None, "A", False), ("anything", None, False),
+])
+def test_the_stated_conclusion(thought, letter, stated):
+    assert rewards.stated_conclusion(thought, OPTS, letter) == stated

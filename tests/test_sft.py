@@ -127,7 +127,7 @@ def test_the_in_training_evaluation_parses_answers_as_evaluate_does(tiny, record
     texts = [f"<think>x</think><answer> {right[0]} </answer>",  # spaces: right (the old substring test missed it)
              f"<think>x</think><answer>{chunk[1]['options']['ABCD'.index(right[1])]}</answer>",  # the option's text
              f"<think>I say <answer>{right[2]}</answer></think><answer>{wrong[2]}</answer>"]  # inside the thought: no
-    fake = {"texts": texts, "ended": torch.tensor([True, True, False])}
+    fake = {"texts": texts, "ended": torch.tensor([True, True, False]), "completion_mask": torch.ones(3, 4)}
     monkeypatch.setattr(sampler, "sample", lambda *a, **k: fake)
     out = train_sft.evaluate_sft(m, processor, chunk, micro_batch=3, max_new_tokens=8)
     assert out["eval_accuracy_greedy"] == pytest.approx(2 / 3) and out["eval_format_greedy"] == pytest.approx(2 / 3)
