@@ -190,12 +190,67 @@ def fp32_logits(model):
     return model
 
 
+MM_TO_FP32 = ("cuda",)  # devices whose matmul takes bf16 inputs to an fp32 result (torch.mm's out_dtype)
+
+
 def _fp32_linear(self, hidden):
-    with torch.autocast(hidden.device.type, enabled=False):
-        return torch.nn.functional.linear(hidden.float(), self.weight.float())
+    """The head's matmul, the same op for π_θ and π_SFT whatever the grad mode and the input's layout (a [:, -1:]
+    slice, logits_to_keep=1): a contiguous 2D product, so that log π_θ = log π_SFT to the bit before the first update.
+    Under bf16 autocast on a GPU, bf16 inputs with fp32 accumulation into fp32 logits (tensor cores, ~10 TFLOP a
+    micro-batch at 3B); elsewhere fp32."""
+    shape, device = hidden.shape[:-1], hidden.device.type
+    bf16 = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+    with torch.autocast(device, enabled=False):
+        logits = head_product(hidden.reshape(-1, hidden.shape[-1]), self.weight, bf16 and device in MM_TO_FP32)
+    return logits.view(*shape, logits.shape[-1])
+
+
+def head_product(flat: torch.Tensor, weight: torch.Tensor, bf16_inputs: bool) -> torch.Tensor:
+    """fp32 logits [N, V] of hidden states [N, H]: from bf16 inputs with fp32 accumulation, or in fp32."""
+    if bf16_inputs:
+        return _Bf16Product.apply(flat, weight)
+    return torch.mm(flat.float().contiguous(), weight.float().t())
+
+
+class _Bf16Product(torch.autograd.Function):
+    """flat @ weight.T from bf16 inputs into fp32, forward and backward (torch.mm's out_dtype has no derivative)."""
+
+    @staticmethod
+    def forward(ctx, flat, weight):
+        a, w = flat.bfloat16(), weight.bfloat16()
+        ctx.save_for_backward(a, w)
+        ctx.dtypes = flat.dtype, weight.dtype
+        return torch.mm(a, w.t(), out_dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, w = ctx.saved_tensors
+        g = grad.bfloat16()
+        grad_flat = torch.mm(g, w, out_dtype=torch.float32).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.mm(g.t(), a, out_dtype=torch.float32).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return grad_flat, grad_weight
 
 
 # ---- per-token log-probs of completions ----
+
+def image_features(model, prompt: dict) -> tuple:
+    """The vision tower's output for each image of `prompt` (no gradient): computed once a step and handed, as
+    prompt["image_features"], to every forward that would run the frozen tower again on the same pixels (sampling,
+    π_SFT, π_θ)."""
+    with torch.no_grad():
+        out = inner(model).get_image_features(prompt["pixel_values"], prompt["image_grid_thw"], return_dict=True)
+    return tuple(t.detach() for t in out.pooler_output)
+
+
+def model_inputs(prompt: dict) -> dict:
+    """The keyword arguments of a forward pass over `prompt`: precomputed image features (image_features) go in as
+    the model's mm_encoder_outputs instead of pixels."""
+    if "image_features" not in prompt:
+        return prompt
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+    inputs = {k: v for k, v in prompt.items() if k not in ("pixel_values", "image_features")}
+    return {**inputs, "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=prompt["image_features"])}}
+
 
 def completion_inputs(prompt: dict, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> dict:
     """Model inputs for prompt + completion (prompt left-padded, completion right-padded)."""
@@ -213,25 +268,30 @@ def completion_logprobs(model, prompt: dict, completion_ids: torch.Tensor, compl
     P, T = prompt["input_ids"].shape[1], completion_ids.shape[1]
     # Position P-1+t predicts token t; the LM head runs on those T positions only ([B, T, V], not [B, P+T, V]).
     keep = torch.arange(P - 1, P + T - 1, device=completion_ids.device)
-    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()
+    logits = model(**model_inputs(inputs), logits_to_keep=keep, use_cache=False).logits.float()
     return torch.gather(logits, 2, completion_ids.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
 
 
 def group_logprobs(model, prompt: dict, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
-                   group_size: int) -> torch.Tensor:
+                   group_size: int, share_prompt: bool = True) -> torch.Tensor:
     """completion_logprobs for G completions per prompt (rows grouped as sample() returns them), running each
-    prompt, its image included, once: its KV cache is computed once and shared by the group's G completions."""
+    prompt, its image included, once: its KV cache is computed once and shared by the group's G completions. With
+    share_prompt=False each prompt is repeated G times instead (gradient checkpointing keeps no KV cache): π_θ and
+    π_SFT must take the same path, or their log-probs differ in the last bits before any update."""
     G, P = group_size, prompt["input_ids"].shape[1]
     language_model = inner(model).language_model
-    if language_model.gradient_checkpointing and language_model.training:  # no KV cache then: repeat the prompts
+    if language_model.gradient_checkpointing and language_model.training and share_prompt:
+        raise ValueError("group_logprobs: gradient checkpointing keeps no KV cache to share; pass share_prompt=False")
+    if not share_prompt:
         return completion_logprobs(model, repeat_prompts(prompt, G), completion_ids, completion_mask)
-    text = {k: v.repeat_interleave(G, 0) for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
+    text = {k: v.repeat_interleave(G, 0) for k, v in prompt.items()
+            if k not in ("pixel_values", "image_grid_thw", "image_features")}
     full = completion_inputs(text, completion_ids, completion_mask)
     # the M-RoPE positions of the whole sequences, as one forward over prompt + completion would use them
     positions, _ = inner(model).get_rope_index(full["input_ids"], mm_token_type_ids=full["mm_token_type_ids"],
                                                image_grid_thw=prompt["image_grid_thw"].repeat_interleave(G, 0),
                                                attention_mask=full["attention_mask"])
-    prefill = model(**prompt, position_ids=positions[:, ::G, :P], use_cache=True, logits_to_keep=1)
+    prefill = model(**model_inputs(prompt), position_ids=positions[:, ::G, :P], use_cache=True, logits_to_keep=1)
     cache = prefill.cache
     cache.batch_repeat_interleave(G)  # one prompt's keys and values for each of its G completions
     first = prefill.logits.repeat_interleave(G, 0)  # predicts completion token 0
@@ -249,8 +309,11 @@ def inner(model):
 
 
 def repeat_prompts(prompt: dict, n: int) -> dict:
-    """Repeat each prompt (and its image patches) n times in a row, matching generate's num_return_sequences."""
-    out = {k: v.repeat_interleave(n, 0) for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
+    """Repeat each prompt (and its image patches or features) n times in a row, as sample() groups its rows."""
+    out = {k: v.repeat_interleave(n, 0) for k, v in prompt.items()
+           if k not in ("pixel_values", "image_grid_thw", "image_features")}
+    if "image_features" in prompt:
+        out["image_features"] = tuple(f for f in prompt["image_features"] for _ in range(n))
     if "pixel_values" in prompt:
         grid = prompt["image_grid_thw"]
         patches = prompt["pixel_values"].split(grid.prod(1).tolist())

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import time
 import types
 
 import torch
@@ -101,7 +102,7 @@ def save_checkpoint(out: str, step: int, model, optimizer, scheduler, **extra) -
     checkpoint. Across nodes, OUT must be a folder every rank sees (a shared file system)."""
     from safetensors.torch import save_file
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    rank, final = D.get_rank(), os.path.join(out, f"checkpoint-{step}")
+    rank, final, start = D.get_rank(), os.path.join(out, f"checkpoint-{step}"), time.time()
     tmp = final + ".tmp"
     weights = trainable_state(model)
     optim = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -126,6 +127,7 @@ def save_checkpoint(out: str, step: int, model, optimizer, scheduler, **extra) -
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        print(f"wrote {final} in {time.time() - start:.1f} s")  # what --dist-timeout must outlast on slow disks
     D.barrier()
     return final
 

@@ -19,28 +19,35 @@ import model as M
 VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
 
 
+BUCKET = 128  # decoding attends over the filled prefix rounded up to a multiple of this many positions
+
+
 class KVCache:
     """Keys and values of every layer in preallocated buffers, [batch, kv heads, length, head dim], written from
-    position `pos` on (a tensor, so that a CUDA graph can replay a decode step): what the attention layers of
-    transformers call `update` on."""
+    position `pos` on (a tensor, so that a CUDA graph can replay a decode step), read up to `live` positions (the
+    filled prefix, rounded up to a bucket: a step's attention does not span the empty rest): what the attention
+    layers of transformers call `update` on."""
 
     def __init__(self, length: int, pos: int = 0, device=None):
-        self.length, self.keys, self.values = length, {}, {}
+        self.length, self.live, self.keys, self.values = length, length, {}, {}
         self.pos = torch.tensor(pos, device=device)
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         if layer_idx not in self.keys:
+            # keys in the dtype attention reads them in: under autocast Qwen's rotary embedding multiplies bf16
+            # projections by fp32 cos/sin, so keys arrive fp32 beside bf16 values, and attention casts them to bf16
+            # anyway; stored fp32 they would make the cache 1.5x larger and be cast again at every step
             shape = (*key_states.shape[:2], self.length, key_states.shape[3])
-            self.keys[layer_idx], self.values[layer_idx] = key_states.new_zeros(shape), value_states.new_zeros(shape)
+            self.keys[layer_idx], self.values[layer_idx] = value_states.new_zeros(shape), value_states.new_zeros(shape)
         where = self.pos + torch.arange(key_states.shape[2], device=key_states.device)
-        self.keys[layer_idx].index_copy_(2, where, key_states)
+        self.keys[layer_idx].index_copy_(2, where, key_states.to(self.keys[layer_idx].dtype))
         self.values[layer_idx].index_copy_(2, where, value_states)
-        return self.keys[layer_idx], self.values[layer_idx]
+        return self.keys[layer_idx][:, :, :self.live], self.values[layer_idx][:, :, :self.live]
 
     def repeat(self, n: int, length: int) -> "KVCache":
         """Each row n times in a row, in buffers of `length` positions: a prompt's keys and values for its G samples."""
         grown = KVCache(length, int(self.pos), self.pos.device)
-        for stored, into in ((self.keys, grown.keys), (self.values, grown.values)):  # keys may be fp32, values bf16
+        for stored, into in ((self.keys, grown.keys), (self.values, grown.values)):
             for i, t in stored.items():
                 into[i] = t.new_zeros(t.shape[0] * n, t.shape[1], length, t.shape[3])
                 into[i][:, :, :self.length] = t.repeat_interleave(n, 0)
@@ -78,8 +85,8 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
     """G completions per prompt, decoded from π_θ itself. Rows are grouped consecutively: [p0 s0..sG-1, p1 s0, ...].
 
     Each prompt, its image included, is prefilled once and its keys and values copied to its G rows; then one
-    forward a token for all rows, on a static KV cache, captured in a CUDA graph on GPUs (cuda_graph=None: where it
-    can). Temperature and top-p as given, top-k off, nothing of the checkpoint's generation_config.json (Qwen2.5-VL-
+    forward a token for all rows, on a static KV cache whose filled prefix (in buckets of BUCKET positions) each step
+    attends over, captured in a CUDA graph per bucket on GPUs (cuda_graph=None: where it can). Temperature and top-p as given, top-k off, nothing of the checkpoint's generation_config.json (Qwen2.5-VL-
     3B-Instruct's repetition_penalty 1.05 and top_k 1 would make every rollout off-policy for Eq. 8). Vision tokens
     are never sampled (a sampled <|image_pad|> breaks the next forward's image-token count); no end of turn before
     min_new_tokens. Returns completion ids [N*G, T] (pad after the end), their mask (up to the first end-of-turn
@@ -101,7 +108,7 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
     causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
     allowed = (causal & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)  # a pad attends to itself
     prefill = KVCache(P, device=device)
-    logits = model(**{k: v for k, v in prompt.items() if k != "attention_mask"}, position_ids=positions,
+    logits = model(**M.model_inputs({k: v for k, v in prompt.items() if k != "attention_mask"}), position_ids=positions,
                    attention_mask=_mask(allowed[:, None], model), cache=prefill, use_cache=True,
                    logits_to_keep=1).logits[:, -1].float().repeat_interleave(G, 0)
     cache = prefill.repeat(G, L)
@@ -114,13 +121,13 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
     token_in = torch.zeros(B, 1, dtype=torch.long, device=device)
     position_in = torch.zeros(3, B, 1, dtype=torch.long, device=device)
 
-    def step():
-        return model(input_ids=token_in, position_ids=position_in, attention_mask=_mask(seen[:, None, None], model),
-                     cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+    def step():  # attends over the live prefix (cache.live): one CUDA graph a bucket
+        return model(input_ids=token_in, position_ids=position_in, cache=cache, use_cache=True, logits_to_keep=1,
+                     attention_mask=_mask(seen[:, None, None, :cache.live], model)).logits[:, -1].float()
 
     if cuda_graph is None:  # where it can: on a GPU, a model not sharded (FSDP's hooks run Python at every forward)
         cuda_graph = device.type == "cuda" and not isinstance(model, FSDPModule)
-    graph = None
+    graphs = {}  # live length -> (graph, its logits buffer)
     banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
     banned[tok.convert_tokens_to_ids(VISION_TOKENS)] = True
     no_end = banned.clone()
@@ -140,10 +147,12 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
         position_in.copy_((start + t).view(1, B, 1).expand(3, B, 1))
         seen[:, P + t] = True
         cache.pos.fill_(P + t)
-        if cuda_graph and graph is None:
-            graph, logits_out = _capture(step)
-            cuda_graph = graph is not None
-        if graph is not None:
+        cache.live = min(L, -(-(P + t + 1) // BUCKET) * BUCKET)
+        if cuda_graph and cache.live not in graphs:
+            graphs[cache.live] = _capture(step)
+            cuda_graph = graphs[cache.live][0] is not None
+        if cuda_graph:
+            graph, logits_out = graphs[cache.live]
             graph.replay()  # logits_out is read before the next replay overwrites it
             logits = logits_out
         else:

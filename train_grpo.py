@@ -121,6 +121,9 @@ def parse_args(argv=None):
     p.add_argument("--log-samples-every", type=int, default=10, help="write completions to samples.jsonl every N "
                    "steps (0: never)")
     p.add_argument("--save-every", type=int, default=0, help="write OUT/checkpoint-STEP every N steps (0: never)")
+    p.add_argument("--dist-timeout", type=float, default=60, help="minutes a collective waits under torchrun before the "
+                   "job aborts: rank 0 writing a checkpoint holds the others at a barrier (NCCL's default is 10) "
+                   "(default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT")
     p.add_argument("--stop-after", type=int, default=0, help="stop after this step, with a checkpoint, as if "
                    "interrupted (0: run to the end); the schedule is unchanged")
@@ -178,14 +181,15 @@ def grpo_loss(logps, ref_logps, advantages, mask, *, epsilon: float = 0.2, beta:
 
 # ---- the pieces of a step ----
 
-def reference_logprobs(policy, reference, prompt, ids, mask, group_size):
-    """log π_SFT of the completions: the frozen copy, or the policy with its LoRA disabled."""
+def reference_logprobs(policy, reference, prompt, ids, mask, group_size, share_prompt: bool = True):
+    """log π_SFT of the completions: the frozen copy, or the policy with its LoRA disabled; by the same path as π_θ's
+    (share_prompt), so that before the first update the two are equal to the bit."""
     with torch.no_grad(), (policy.disable_adapter() if reference is None else nullcontext()):
-        return M.group_logprobs(policy if reference is None else reference, prompt, ids, mask, group_size)
+        return M.group_logprobs(policy if reference is None else reference, prompt, ids, mask, group_size, share_prompt)
 
 
 def take(prompt: dict, rows: slice) -> dict:
-    """Rows of a prompt batch, with their image patches."""
+    """Rows of a prompt batch, with their image patches (and features: one image a prompt)."""
     out = {k: v[rows] for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
     if "pixel_values" in prompt:
         counts = prompt["image_grid_thw"].prod(1)
@@ -201,11 +205,11 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
     per micro-batch and its KV cache serves its G completions (model.group_logprobs). The loss is divided by the
     global number of completions (tokens with --loss-agg token) and gradients are summed over ranks: N ranks take
     the step one process would."""
-    G = args.group_size
+    G, share = args.group_size, not args.gradient_checkpointing  # checkpointing keeps no KV cache to share
     per_chunk = max(1, args.micro_batch // G)  # prompts per micro-batch
     chunks = [(slice(i, i + per_chunk), slice(i * G, (i + per_chunk) * G)) for i in range(0, len(prompt["input_ids"]), per_chunk)]
     with M.autocast(ids.device, args.precision):  # forward passes only, never around optimizer.step()
-        ref = [reference_logprobs(policy, reference, take(prompt, p), ids[c], mask[c], G) for p, c in chunks]
+        ref = [reference_logprobs(policy, reference, take(prompt, p), ids[c], mask[c], G, share) for p, c in chunks]
     old = [None] * len(chunks)
     count = (lambda c: mask[c].sum()) if args.loss_agg == "token" else (lambda c: len(ids[c]))
     total = D.all_reduce_sum(float(sum(count(c) for _, c in chunks)))
@@ -215,7 +219,7 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
         total_loss = 0.0
         for i, (p, c) in enumerate(chunks):
             with M.autocast(ids.device, args.precision):
-                logps = M.group_logprobs(policy, take(prompt, p), ids[c], mask[c], G)
+                logps = M.group_logprobs(policy, take(prompt, p), ids[c], mask[c], G, share)
             if args.ratio_ref == "old" and old[i] is None:
                 old[i] = logps.detach()  # the first pass is π_old, the sampling policy; kept for μ > 1
             loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
@@ -248,7 +252,7 @@ def sft_data(ckpt: str) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, world, device = D.init_distributed()
+    rank, world, device = D.init_distributed(args.dist_timeout)
     args.precision = args.precision or M.default_precision(device)
     args.data = args.data or sft_data(args.ckpt)
     # recorded absolute in args.json: evaluate.py judges every row with this run's judge
@@ -317,6 +321,8 @@ def main(argv=None):
         policy.eval()
         prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, mine).items()}
         with M.autocast(device, args.precision), D.unsharded(policy):  # FSDP: gathered once, not once per token
+            if not args.train_vision:  # the frozen tower sees the same pixels in sampling, π_SFT and π_θ: run it once
+                prompt["image_features"] = M.image_features(policy, prompt)
             rollout = sampler.sample(policy, processor, prompt, group_size=G, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, min_new_tokens=args.min_new_tokens,
                                seed=args.seed * 1_000_003 + step * world + rank)

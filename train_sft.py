@@ -84,6 +84,9 @@ def parse_args(argv=None):
     p.add_argument("--eval-samples", type=int, default=64, help="questions per evaluation (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="greedy decoding length in evaluation")
     p.add_argument("--save-every", type=int, default=0, help="write OUT/checkpoint-STEP every N steps (0: never)")
+    p.add_argument("--dist-timeout", type=float, default=60, help="minutes a collective waits under torchrun before the "
+                   "job aborts: rank 0 writing a checkpoint holds the others at a barrier (NCCL's default is 10) "
+                   "(default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT")
     p.add_argument("--stop-after", type=int, default=0, help="stop after this step, with a checkpoint, as if "
                    "interrupted (0: run to the end); the schedule is unchanged")
@@ -143,7 +146,7 @@ def evaluate_judge(judge, records, micro_batch: int) -> dict:
 def main(argv=None):
     args = parse_args(argv)
     args.data = os.path.abspath(args.data)  # recorded in args.json: train_grpo.py --ckpt OUT finds it there
-    rank, world, device = D.init_distributed()
+    rank, world, device = D.init_distributed(args.dist_timeout)
     args.precision = args.precision or M.default_precision(device)
     records = data.load_jsonl(args.data)  # bad data fails here, before any model is loaded
     data.check_cots(records)  # targets a reward would score 0 (an empty CoT, tags inside it) are refused

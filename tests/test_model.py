@@ -126,8 +126,10 @@ def test_group_logprobs_run_each_prompt_once_per_group(tiny, records):
     images, layer = rows_through(m, lambda: model.completion_logprobs(m, model.repeat_prompts(prompt, 4), ids, mask))
     assert images == [12] and layer == [(12, P + T)]  # the plain path: every prompt 4 times
     m.gradient_checkpointing_enable()
-    m.train()  # no KV cache under checkpointing in training: group_logprobs falls back to the plain path
-    images, layer = rows_through(m, lambda: model.group_logprobs(m, prompt, ids, mask, 4))
+    m.train()  # no KV cache under checkpointing in training: the caller asks for the plain path, for π_SFT too
+    with pytest.raises(ValueError, match="share_prompt=False"):
+        model.group_logprobs(m, prompt, ids, mask, 4)
+    images, layer = rows_through(m, lambda: model.group_logprobs(m, prompt, ids, mask, 4, share_prompt=False))
     assert images == [12] and layer == [(12, P + T)]
 
 

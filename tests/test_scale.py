@@ -110,7 +110,35 @@ def test_collectives_run_in_a_group_of_one_process(group_of_one, monkeypatch):
     net = torch.nn.Linear(2, 2)
     net(torch.ones(1, 2)).sum().backward()
     D.sync_grads(list(net.parameters()))
-    assert len(calls) == 4  # two sums, two gradients: NCCL runs even on one GPU, as on eight
+    assert len(calls) == 3  # two sums, one bucket of both gradients: NCCL runs even on one GPU, as on eight
+
+
+def test_gradients_are_summed_in_flat_buckets(group_of_one, monkeypatch, tiny):
+    m, _ = tiny
+    m.requires_grad_(True)
+    params = [p for p in m.parameters() if p.requires_grad]
+    for i, p in enumerate(params):
+        p.grad = torch.full_like(p, float(i))
+    calls = []
+    real = dist.all_reduce
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: calls.append(t.numel()) or real(t, *a, **k))
+    D.sync_grads(params)  # ~40 tensors, one bucket: one collective, not one a parameter
+    assert calls == [sum(p.numel() for p in params)] and len(params) > 30
+    D.sync_grads(params, bucket_mb=0.25)  # 0.25 MB buckets: a few collectives, each within its bound or one tensor
+    assert 1 < len(calls) - 1 < len(params) and sum(calls[1:]) == calls[0]
+    assert all(torch.equal(p.grad, torch.full_like(p, float(i))) for i, p in enumerate(params))  # a sum over 1 rank
+
+
+def test_the_process_group_waits_as_long_as_dist_timeout(monkeypatch):
+    import datetime
+    seen = {}
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **k: seen.update(backend=backend, **k))
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 1)
+    assert D.init_distributed(timeout_minutes=90) == (0, 1, "cpu")
+    assert seen == {"backend": "gloo", "timeout": datetime.timedelta(minutes=90)}
+    assert train_grpo.parse_args(["--data", "-"]).dist_timeout == 60  # generous: a 37 GB checkpoint on a slow disk
 
 
 def test_collectives_take_tensors_on_the_groups_device(group_of_one, monkeypatch):
@@ -234,3 +262,95 @@ def test_resume_without_a_checkpoint_says_so_and_a_new_run_keeps_off_an_old_one(
     train_grpo.main(grpo_args(sft5, five, tmp_path, "--stop-after", "1"))
     with pytest.raises(SystemExit, match="checkpoint-1 of an earlier run: pass --resume"):
         train_grpo.main(grpo_args(sft5, five, tmp_path))
+
+
+# ---- the GPU path, exact and lean (its logic on the CPU) ----
+
+@pytest.fixture(scope="module")
+def wide(synth_dir, tmp_path_factory):
+    """A tiny Qwen2.5-VL four times as wide (hidden 256), where last-bit differences show in log-probs."""
+    from tiny import build_tiny, corpus_lines
+    out = str(tmp_path_factory.mktemp("wide"))
+    return build_tiny(out, seed=1, corpus=list(corpus_lines([os.path.join(synth_dir, "train.jsonl")])),
+                      vocab_size=512, hidden=256, heads=4, layers=2)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("mode", ["full", "lora"])
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_before_the_first_update_log_pi_theta_equals_log_pi_sft_to_the_bit(wide, five, tmp_path, monkeypatch, precision,
+                                                                           mode, checkpointing):
+    """Not the KL (k3 rounds to 0 in fp32 for |d| < 3e-4): every completion token's log-probs, torch.equal."""
+    seen = []
+    real = train_grpo.grpo_loss
+    monkeypatch.setattr(train_grpo, "grpo_loss", lambda logps, ref, *a, **k: seen.append((logps.detach(), ref, a[1]))
+                        or real(logps, ref, *a, **k))
+    flags = ["--precision", precision, "--stop-after", "1", *(["--lora"] if mode == "lora" else []),
+             *(["--gradient-checkpointing"] if checkpointing else [])]
+    train_grpo.main(grpo_args(wide, five, tmp_path, *flags))
+    assert seen
+    for logps, ref, mask in seen:
+        keep = mask.bool()
+        assert keep.any() and torch.equal(logps[keep], ref[keep])
+
+
+def test_the_frozen_vision_tower_runs_once_a_step(sft5, five, tmp_path, monkeypatch):
+    images = []
+    real = M.load_model
+
+    def counting(*a, **k):
+        net, processor = real(*a, **k)
+        M.inner(net).visual.register_forward_pre_hook(lambda mod, args, kw: images.append(int(kw["grid_thw"].shape[0])),
+                                                      with_kwargs=True)
+        return net, processor
+
+    monkeypatch.setattr(M, "load_model", counting)
+    train_grpo.main(grpo_args(sft5, five, tmp_path / "frozen", "--stop-after", "1"))  # 2 prompts x G=4
+    assert sum(images) == 2  # each prompt's image once: sampling, π_SFT and π_θ share its embeddings
+    images.clear()
+    train_grpo.main(grpo_args(sft5, five, tmp_path / "trained", "--stop-after", "1", "--train-vision"))
+    assert sum(images) == 6  # a trained tower: sampling, π_SFT and π_θ each run it
+
+
+def test_the_kv_cache_keeps_keys_in_the_dtype_attention_reads(tiny, records, monkeypatch):
+    m, processor = tiny
+    caches = []
+    real = sampler.KVCache
+    monkeypatch.setattr(sampler, "KVCache", lambda *a, **k: caches.append(real(*a, **k)) or caches[-1])
+    prompt = data.prompt_batch(processor, records[:2])
+    with M.autocast("cpu", "bf16"):
+        sampler.sample(m, processor, prompt, group_size=2, max_new_tokens=4, seed=0)
+    keys, values = caches[0].keys[0], caches[0].values[0]
+    assert keys.dtype == values.dtype == torch.bfloat16  # fp32 keys beside bf16 values would be 1.5x the cache
+
+
+def test_decoding_attends_over_the_filled_prefix_in_buckets(tiny, records, monkeypatch):
+    m, processor = tiny
+    prompt = data.prompt_batch(processor, records[:2])
+    P = prompt["input_ids"].shape[1]
+    full = sampler.sample(m, processor, prompt, group_size=2, max_new_tokens=40, seed=0)
+    lengths = []
+    real = sampler.KVCache.update
+    monkeypatch.setattr(sampler.KVCache, "update",
+                        lambda self, *a, **k: (lambda kv: lengths.append((int(self.pos), kv[0].shape[2])) or kv)(real(self, *a, **k)))
+    monkeypatch.setattr(sampler, "BUCKET", 16)
+    bucketed = sampler.sample(m, processor, prompt, group_size=2, max_new_tokens=40, seed=0)
+    decode = [(pos, n) for pos, n in lengths if pos >= P]
+    assert decode and all(n == min(P + 40, -(-(pos + 1) // 16) * 16) for pos, n in decode)
+    assert decode[0][1] < P + 40  # not the whole static length from the first step
+    assert torch.equal(full["completion_ids"], bucketed["completion_ids"])
+    torch.testing.assert_close(full["logprobs"], bucketed["logprobs"], atol=1e-6, rtol=0)
+
+
+def test_the_head_takes_bf16_inputs_to_fp32_logits_on_a_gpu():
+    """torch.mm's bf16 -> fp32 product runs on CUDA only; on `meta` tensors (a stand-in for the GPU on this CPU) the
+    head's product takes bf16 inputs to an fp32 result of the right shape, with a gradient; the CPU keeps fp32."""
+    weight = torch.empty(300, 64, device="meta", requires_grad=True)
+    hidden = torch.empty(10, 64, device="meta", requires_grad=True)
+    logits = M.head_product(hidden, weight, bf16_inputs=True)
+    assert logits.dtype == torch.float32 and logits.shape == (10, 300)
+    logits.sum().backward()
+    assert hidden.grad.shape == hidden.shape and weight.grad.shape == weight.shape
+    assert M.MM_TO_FP32 == ("cuda",)
+    with pytest.raises(NotImplementedError):  # why the CPU computes the head in fp32
+        M.head_product(torch.zeros(2, 4), torch.zeros(3, 4), bf16_inputs=True)
