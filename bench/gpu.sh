@@ -69,7 +69,7 @@ run e2e 120 bash -c "set -e
 $PY synth.py --out $D/data --n-images $N --size $PX --seed 0
 $PY tiny.py --out $D/m --corpus $D/data/train.jsonl --hidden $H --layers $L --heads 16 --image-px $PX
 $PY train_sft.py --model $D/m --data $D/data/train.jsonl --out $D/sft --full --epochs 0.3 --batch-size 16 --micro-batch 16 --lr 1e-3
-$PY evaluate.py --ckpt $D/sft --data $D/data/test.jsonl --out $D/eval --limit 64 --seeds 0 --max-new-tokens $TOK
+$PY evaluate.py --ckpt $D/sft --data $D/data/test.jsonl --out $D/eval --limit 64 --seeds 0 --max-new-tokens $TOK --judge self
 head -n 5 $D/eval/results.md
 for mode in replicated fsdp; do
   $TORCHRUN1 train_grpo.py --ckpt $D/sft --out $D/torchrun_\$mode --stop-after 2 --max-new-tokens $TOK --lr 1e-5 \
@@ -89,7 +89,7 @@ run sampler 45 $PY bench/sampler_check.py --ckpt "$D/m" --max-new-tokens $TOK
 run rollout 45 $PY bench/rollout.py --ckpt "$D/big" $ROLL
 run trl 90 $PY bench/grpo_vs_trl.py $TRL
 run real_shapes 60 $PY bench/real_shapes.py $SHAPES
-run eval_widths 40 $PY evaluate.py --ckpt "$D/big" --data "$D/data/test.jsonl" --out "$D/eval_big" --limit 32 --seeds 0 \
+run eval_widths 40 $PY evaluate.py --ckpt "$D/big" --data "$D/data/test.jsonl" --out "$D/eval_big" --limit 32 --seeds 0 --judge self \
   --max-new-tokens $BTOK --batch-size 32
 run profile 60 $PY train_grpo.py $BIG --out "$D/profile" --lora --epochs 3 --profile
 

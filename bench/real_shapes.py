@@ -122,12 +122,13 @@ def main():
                      "<|video_pad|>": 151656}
             return [table[t] for t in tokens] if isinstance(tokens, list) else table[tokens]
 
-        def batch_decode(self, ids, **kw):
-            return ["" for _ in ids]
+        def decode(self, ids, **kw):
+            return ""
 
     class Proc:
         tokenizer = Tok()
-    grpo_args = train_grpo.parse_args(["--data", "-", "--micro-batch", str(args.micro_batch), "--precision", precision])
+    grpo_args = train_grpo.parse_args(["--data", "-", "--micro-batch", str(args.micro_batch), "--precision", precision,
+                                       "--gradient-checkpointing"])
     for mode in ("lora", "full"):
         if mode == "full":  # π_θ and π_SFT both fp32 weights under autocast, as train_grpo.py runs them
             del opt
@@ -147,9 +148,10 @@ def main():
 
         def grpo_step():
             policy.eval()
-            with M.autocast(device, precision):
-                rollout = sampler.sample(policy, Proc(), prompt, group_size=args.group_size,
-                                   max_new_tokens=args.max_new_tokens, seed=0)
+            with M.autocast(device, precision):  # the frozen vision tower once a step, as train_grpo.py runs it
+                step_prompt = {**prompt, "image_features": M.image_features(policy, prompt)}
+                rollout = sampler.sample(policy, Proc(), step_prompt, group_size=args.group_size,
+                                         max_new_tokens=args.max_new_tokens, seed=0)
             judge_model = policy if reference is None else reference
             with torch.no_grad(), M.autocast(device, precision), \
                     (policy.disable_adapter() if reference is None else nullcontext()):
@@ -161,7 +163,7 @@ def main():
             rewards = torch.rand(n, device=device)
             adv = train_grpo.group_advantages(rewards, args.group_size)
             policy.train()
-            train_grpo.policy_step(policy, reference, opt, sched, params, prompt,
+            train_grpo.policy_step(policy, reference, opt, sched, params, step_prompt,
                                    rollout["completion_ids"], rollout["completion_mask"], adv, grpo_args)
         try:
             grpo_step()  # warm-up
