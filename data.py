@@ -95,11 +95,18 @@ def read_image(path: str) -> Image.Image:
         return to_rgb(image)
 
 
-def read_mask(path: str) -> np.ndarray:
-    """A lesion mask as a 2D boolean array: any nonzero pixel (any channel, any bit depth) is lesion."""
+def read_labels(path: str) -> np.ndarray:
+    """A mask image's values as a 2D integer array (the largest of its channels: a colour mask counts where any is)."""
     with Image.open(path) as image:
         values = np.asarray(image)
-    return values.any(-1) if values.ndim == 3 else values != 0
+    return (values.max(-1) if values.ndim == 3 else values).astype(np.int64)
+
+
+def read_mask(path: str, lesion_labels=None, threshold: int = 1) -> np.ndarray:
+    """A lesion mask as a 2D boolean array: the values in `lesion_labels` where given, else any value of at least
+    `threshold` (by default any nonzero pixel, of any channel and bit depth; 128 for JPEG masks' noise)."""
+    values = read_labels(path)
+    return np.isin(values, list(lesion_labels)) if lesion_labels else values >= threshold
 
 
 def file_problem(path: str, reader) -> str | None:

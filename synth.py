@@ -1,6 +1,6 @@
 """A synthetic MedAD-style set whose labels are all visible in the images, for the CPU demo and the tests.
 
-Imports data.py and build.py (the five questions, the localization rule and the patient split of a real build).
+Imports data.py and questions.py (the five questions, the localization rule and the patient split of a real build).
 
     python synth.py --out runs/data --n-images 600 --seed 0     # train.jsonl, test.jsonl, images/, masks/
 
@@ -13,7 +13,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from build import questions_for, split_by_patient
+from questions import questions_for, split_by_patient
 from data import REGIONS, write_jsonl
 
 SYNTH_CUES = {

@@ -32,3 +32,32 @@ def grpo_args(ckpt, data_path, out, *extra):
 
 def metrics(out):
     return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def volume(array, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
+    """A SimpleITK image of a [z, y, x] array with LPS-identity axes: x toward the patient's left, y posterior."""
+    import SimpleITK as sitk
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    return image
+
+
+def write_dicom_series(image, folder, uid="1.2.826.0.1.3680043.2.1125.1", prefix="slice", skip=()):
+    """One DICOM file a slice of `image` in `folder`, with the tags a series reader orders them by."""
+    import SimpleITK as sitk
+    os.makedirs(folder, exist_ok=True)
+    writer, d = sitk.ImageFileWriter(), image.GetDirection()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        if k in skip:
+            continue
+        plane = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in [("0008|0060", "CT"), ("0020|000e", uid), ("0020|000d", uid + ".9"), ("0020|0013", str(k + 1)),
+                           ("0020|0032", "\\".join(map(str, position))),
+                           ("0020|0037", "\\".join(map(str, d[0:7:3] + d[1:8:3]))),
+                           ("0008|0018", f"{uid}.{k + 1}")]:
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(os.path.join(folder, f"{prefix}{k:03d}.dcm"))
+        writer.Execute(plane)

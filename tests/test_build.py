@@ -8,6 +8,7 @@ from PIL import Image
 
 import build
 import data
+import questions
 
 HEADER = ["image", "mask", "source", "modality", "anatomy", "anomaly", "pathology", "patient"]
 
@@ -151,12 +152,12 @@ BOTH_RIGHT = [("MRI", "CE-MRI"), ("Chest", "Lung"), *[("Tumor", p) for p in ("Gl
 @pytest.mark.parametrize("field", sorted(build.BUILTIN_VOCAB))
 def test_the_builtin_vocabulary_never_yields_a_second_right_option(field):
     import numpy as np
-    pool, rng, related = build.BUILTIN_VOCAB[field], np.random.default_rng(0), build.related_pairs()
+    pool, rng, related = build.BUILTIN_VOCAB[field], np.random.default_rng(0), questions.related_pairs()
     both = {frozenset(map(data.same_text, pair)) for pair in BOTH_RIGHT}
     for answer in pool:
         seen = set()
         for _ in range(200):  # every distractor each answer can draw
-            q = build.make_question(field, answer, pool, rng, [], related=related)
+            q = questions.make_question(field, answer, pool, rng, [], related=related)
             assert len(q["options"]) == 4 and q["options"][data.LETTERS.index(q["answer"])] == answer
             seen |= set(q["options"]) - {answer}
         assert not any(frozenset(map(data.same_text, (answer, other))) in both for other in seen), (answer, seen)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import build
 import data
+import questions
 import synth
 
 GOOD = {"id": "x-1", "image": "img.png", "task": "anomaly", "question": "Is there an anomaly?",
@@ -126,21 +126,21 @@ def square(H, W, r0, r1, c0, c1):
     (square(100, 200, 70, 80, 150, 152), "Right Lower"),  # x=151 > 3W/4
 ])
 def test_region_of_follows_the_design_rule(mask, region):
-    assert build.region_of(mask) == region
+    assert questions.region_of(mask) == region
 
 
 def test_region_of_uses_the_largest_component_not_the_first():
     mask = square(100, 100, 5, 8, 5, 8)  # small, first in scan order, left upper
     mask[70:95, 70:95] = 1  # large, right lower
-    assert build.region_of(mask) == "Right Lower"
+    assert questions.region_of(mask) == "Right Lower"
     diagonal = np.eye(30, dtype=np.uint8)  # 8-connected: one component along the diagonal
     diagonal[0:2, 25:30] = 1
-    assert build.region_of(np.pad(diagonal, ((0, 70), (0, 70)))) == "Left Upper"
+    assert questions.region_of(np.pad(diagonal, ((0, 70), (0, 70)))) == "Left Upper"
 
 
 def test_region_of_rejects_an_empty_mask():
     with pytest.raises(ValueError, match="empty"):
-        build.region_of(np.zeros((10, 10)))
+        questions.region_of(np.zeros((10, 10)))
 
 
 def test_synthetic_set_is_valid_balanced_and_consistent(synth_dir):
@@ -154,7 +154,7 @@ def test_synthetic_set_is_valid_balanced_and_consistent(synth_dir):
         assert r["cot"] and r["cot"].endswith(f"So the answer is {r['options']['ABCD'.index(r['answer'])]}.")
         if r["task"] == "localization":
             mask = np.array(Image.open(r["mask_path"]))
-            assert build.region_of(mask) == r["options"]["ABCD".index(r["answer"])], r["id"]
+            assert questions.region_of(mask) == r["options"]["ABCD".index(r["answer"])], r["id"]
     assert not {r["patient"] for r in train} & {r["patient"] for r in test}
     assert 0.2 < len({r["image"] for r in test}) / len({r["image"] for r in records}) < 0.4
 
