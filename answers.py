@@ -46,7 +46,7 @@ def answer(policy, processor, records: list[dict], *, judge=None, seed: int | No
                          "format_ok": scored["format"][j].item() == 1.0, "ended": ended[j],
                          "judge": scored["judge_letters"][j],
                          "consistent": None if judge is None else scored["consistency"][j].item() == 1.0,
-                         "stated": rewards.stated_conclusion(rewards.split_think_answer(text)[0], r["options"], letter),
+                         "stated": scored["stated"][j].item() == 1.0,
                          "completion_tokens": lengths[j], "truth_text": r["options"]["ABCD".index(r["answer"])],
                          "predicted_text": r["options"]["ABCD".index(letter)] if letter else None,
                          "source": r.get("source"), "modality": r.get("modality")})

@@ -224,8 +224,9 @@ def score(completions: list[str], records: list[dict], judge=None, *, ended=None
     """All rewards of a batch of completions; records[i] (question, options, answer) is completion i's question, and
     ended[i] whether it stopped with the end-of-turn token (default: all did).
 
-    Returns float tensors `reward`, `format`, `accuracy`, `consistency` [N] and the judge's `judge_letters`.
-    Without a judge the consistency part is not computed and is 0.
+    Returns float tensors `reward`, `format`, `accuracy`, `consistency` [N], the judge's `judge_letters` and
+    `stated` (does the thought state its conclusion: stated_conclusion). Without a judge the consistency part is not
+    computed and is 0.
     """
     options = [r["options"] for r in records]
     ended = [True] * len(completions) if ended is None else [bool(e) for e in ended]
@@ -237,4 +238,7 @@ def score(completions: list[str], records: list[dict], judge=None, *, ended=None
     else:
         con, letters = torch.zeros(len(completions)), [None] * len(completions)
     reward = total_reward(fmt, acc, con, lambda_fmt, lambda_acc, lambda_con)
-    return {"reward": reward, "format": fmt, "accuracy": acc, "consistency": con, "judge_letters": letters}
+    stated = torch.tensor([float(stated_conclusion(split_think_answer(c)[0], o, answer_letter(c, o)))
+                           for c, o in zip(completions, options)])
+    return {"reward": reward, "format": fmt, "accuracy": acc, "consistency": con, "judge_letters": letters,
+            "stated": stated}

@@ -242,6 +242,19 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
     return {**stats, "kl": sums["kl"] / max(sums["tokens"], 1), "clip_frac": sums["clip_frac"] / max(sums["tokens"], 1)}
 
 
+@torch.no_grad()
+def evaluate_held_out(policy, processor, judge, records, args, rank) -> dict:
+    """Greedy answers to held-out questions, scored as evaluate.py scores them, consistency by the training judge."""
+    policy.eval()
+    with M.autocast(policy.device, args.precision), D.unsharded(policy), D.unsharded(judge.model):
+        if rank != 0 and not args.fsdp:
+            return {}
+        held_out = answers.metrics(answers.answer(policy, processor, records, judge=judge, greedy=True, seed=None,
+                                                  max_new_tokens=args.max_new_tokens, judge_view=args.judge_view))
+    return {"eval_accuracy_greedy": held_out["overall"], "eval_format_greedy": held_out["format_rate"],
+            "eval_consistency_greedy": held_out["consistency_rate"]}
+
+
 def sft_data(ckpt: str) -> str:
     """The training JSONL recorded by the SFT run that wrote `ckpt`, so that `--ckpt sft_out` alone is enough."""
     recorded = os.path.join(ckpt, "args.json")
@@ -330,9 +343,10 @@ def main(argv=None):
         t1 = time.time()
 
         # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
+        asked = [r for r in mine for _ in range(G)]  # the question of each completion
         with M.autocast(device, args.precision), D.unsharded(judge.model):  # FSDP: ranks judge different counts
-            scores = rewards.score(texts, [r for r in mine for _ in range(G)], judge, ended=ended.tolist(),
-                                   special_tokens=special, judge_view=args.judge_view, **weights)
+            scores = rewards.score(texts, asked, judge, ended=ended.tolist(), special_tokens=special,
+                                   judge_view=args.judge_view, **weights)
         advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)
         loss_mask = mask * ended[:, None] if args.mask_truncated else mask  # a cut-off completion out of the loss
         t2 = time.time()
@@ -344,26 +358,17 @@ def main(argv=None):
         t3 = time.time()
 
         # ---- log ----
-        groups, asked = scores["reward"].view(-1, G), [r for r in mine for _ in range(G)]
-        stated = [rewards.stated_conclusion(rewards.split_think_answer(t)[0], r["options"], rewards.answer_letter(t, r["options"]))
-                  for t, r in zip(texts, asked)]
+        groups = scores["reward"].view(-1, G)
         local = {"reward": scores["reward"].mean().item(), "accuracy": scores["accuracy"].mean().item(),
                  "format_rate": scores["format"].mean().item(), "consistency_rate": scores["consistency"].mean().item(),
-                 "stated_rate": sum(stated) / len(stated),
+                 "stated_rate": scores["stated"].mean().item(),
                  "completion_len": mask.sum(1).float().mean().item(), "truncated_rate": 1 - ended.float().mean().item(),
                  "zero_adv_groups": (groups.max(1).values == groups.min(1).values).float().mean().item()}
         row = {"step": step, "epoch": round(step / steps_per_epoch, 4)}
         row.update({k: v / world for k, v in D.all_reduce_sum(local).items()})  # every rank has as many completions
         row.update({**stats, "t_sample": t1 - t0, "t_judge": t2 - t1, "t_loss": t3 - t2, "peak_mem_gb": run.peak_memory_gb()})
         if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps):
-            policy.eval()
-            with M.autocast(device, args.precision), D.unsharded(policy), D.unsharded(judge.model):
-                if rank == 0 or args.fsdp:  # under FSDP every rank joins the all-gathers
-                    held_out = answers.metrics(answers.answer(policy, processor, eval_records, judge=judge, greedy=True,
-                                                              seed=None, max_new_tokens=args.max_new_tokens,
-                                                              judge_view=args.judge_view))
-                    row.update({"eval_accuracy_greedy": held_out["overall"], "eval_format_greedy": held_out["format_rate"],
-                                "eval_consistency_greedy": held_out["consistency_rate"]})
+            row.update(evaluate_held_out(policy, processor, judge, eval_records, args, rank))
         if rank == 0:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
