@@ -7,7 +7,7 @@
 # SFT-only, Con-GRPO and Con-GRPO with the hidden-conclusion judge, their consistency judged both ways.
 # Every run takes the demo's Stage 2 settings but, for time, a quarter of its steps (190; `--epochs 0.4` in GRPO
 # below gives the demo's length, at about 6 minutes a run); each row is evaluated with 3 sampling seeds and the
-# demo's judge. 15.6 minutes on 2 CPU cores; finished runs are skipped when it is run again. Tables go to
+# demo's judge. About 20 minutes on 2 CPU cores; finished runs are skipped when it is run again. Tables go to
 # $OUT/ablations/ (README.md shows them as measured).
 set -euo pipefail
 OUT=${OUT:-runs/demo}
