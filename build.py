@@ -276,8 +276,8 @@ def _build(manifest, out, seed, test_frac, vocab, builtin_vocab, sources, stagin
                "distractors_excluded": excluded}  # per answer, values never offered beside it: they are also right
     if volume_stats["volumes"]:
         summary["volumes"] = volume_stats
-    if skipped:
-        summary["skipped_by_recipe"] = skipped
+    if any(skipped.values()):
+        summary["skipped_by_recipe"] = {name: counts for name, counts in skipped.items() if counts}
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     os.makedirs(os.path.join(out, "masks"), exist_ok=True)
     for i, (where, folder, row) in enumerate(rows):

@@ -113,15 +113,18 @@ RECIPES = {
         masks=[(r"original_images/(.+)\.img/(\d+)\.bmp$", r"label_images/\1_labelMark/\2.bmp")], patient=r"(P\d+)",
         row=dict(source="RESC", modality="OCT", anatomy="Retina", anomaly="mask", lesion_labels="255,191,128",
                  label_pathology="255=Edema,191=Subretinal fluid,128=Pigment epithelial detachment")),
-    "mvfa": dict(
-        about="The 2D anomaly-detection benchmarks' layout (MVFA's Brain_AD, Liver_AD, Retina_RESC_AD; BMAD alike): "
-              "{valid,test}/{good,Ungood}/img/*.png, masks in Ungood/anomaly_mask/ (BMAD: label/); give --modality-style "
-              "fields with a manifest if the source is not brain MRI",
-        cite="MediaBrain-SJTU/MVFA-AD dataset/medical_few.py; DorisBao/BMAD README",
+    **{f"mvfa-{organ}": dict(
+        about=f"{title}, as the 2D anomaly-detection benchmarks lay it out (MVFA's {folder}; BMAD alike): "
+              "{valid,test}/{good,Ungood}/img/*.png, masks in Ungood/anomaly_mask/ (BMAD: label/)",
+        cite="MediaBrain-SJTU/MVFA-AD dataset/medical_few.py and README; DorisBao/BMAD README",
         images=["**/good/img/*.png", "**/Ungood/img/*.png"],
         masks=[(r"Ungood/img/", "Ungood/anomaly_mask/"), (r"Ungood/img/", "Ungood/label/")], patient=r"(\d+)_\d+\.png$",
         classes=dict(path=r"/(good|Ungood)/", map={"good": dict(anomaly="no"), "Ungood": dict(anomaly="yes")}),
-        row=dict(source="MVFA Brain", modality="MRI", anatomy="Brain", pathology="Tumor")),
+        row=dict(source=f"{folder} (MVFA)", modality=modality, anatomy=anatomy, pathology=pathology))
+       for organ, title, folder, modality, anatomy, pathology in (
+           ("brain", "BraTS 2021 slices", "Brain_AD", "MRI", "Brain", "Tumor"),
+           ("liver", "BTCV + LiTS liver CT slices", "Liver_AD", "CT", "Liver", "Tumor"),
+           ("resc", "RESC retinal OCT", "Retina_RESC_AD", "OCT", "Retina", "Edema"))},
     "br35h": dict(
         about="Br35H brain tumour detection: MRI yes/y*.jpg and no/no*.jpg (no masks: no localization question)",
         cite="Hamada 2020 (IEEE DataPort / Kaggle 'Br35H'); loaders read by helper search",

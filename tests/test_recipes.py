@@ -160,12 +160,12 @@ def resc(root):
     return {"1": ("Abnormal", "Edema", "Left Upper"), "2": ("Normal", None, None)}
 
 
-def mvfa(root):
-    top = os.path.join(root, "Brain_AD", "test")
+def mvfa(root, folder="Brain_AD", pathology="Tumor"):
+    top = os.path.join(root, folder, "test")
     picture(os.path.join(top, "good", "img", "00001_60.png"))
     picture(os.path.join(top, "Ungood", "img", "00002_60.png"), lesion=UPPER_LEFT)
     mask(os.path.join(top, "Ungood", "anomaly_mask", "00002_60.png"), UPPER_LEFT)
-    return {"00001_60": ("Normal", None, None), "00002_60": ("Abnormal", "Tumor", "Left Upper")}
+    return {"00001_60": ("Normal", None, None), "00002_60": ("Abnormal", pathology, "Left Upper")}
 
 
 def br35h(root):
@@ -203,7 +203,8 @@ def bach(root):
 
 FIXTURES = {"brats2021": brats, "brats2021-t1ce": lambda root: brats(root, "t1ce"), "lits": lits, "atlas2": atlas,
             "mosmed": mosmed, "busi": busi, "isic2018": isic, "kvasir-seg": kvasir, "cvc-clinicdb": cvc, "ph2": ph2,
-            "idrid": idrid, "resc": resc, "mvfa": mvfa, "br35h": br35h, "chestxray8": chestxray8, "lymphoma": lymphoma,
+            "idrid": idrid, "resc": resc, "mvfa-brain": mvfa,
+            "mvfa-liver": lambda root: mvfa(root, "Liver_AD"), "mvfa-resc": lambda root: mvfa(root, "Retina_RESC_AD", "Edema"), "br35h": br35h, "chestxray8": chestxray8, "lymphoma": lymphoma,
             "bach": bach}
 
 
