@@ -162,9 +162,8 @@ def main(argv=None):
     records = data.load_jsonl(args.data)
     records = records[:args.limit] if args.limit else records
     judge_path, how = choose_judge(args.judge, args.ckpt)
-    if any(r["task"] == "anomaly" for r in records) and not any(
-            data.same_text(r["options"]["ABCD".index(r["answer"])]) in map(data.same_text, (answers.ABNORMAL, answers.NORMAL))
-            for r in records if r["task"] == "anomaly"):
+    anomaly_answers = {data.same_text(r["options"]["ABCD".index(r["answer"])]) for r in records if r["task"] == "anomaly"}
+    if anomaly_answers and not anomaly_answers & {data.same_text(answers.ABNORMAL), data.same_text(answers.NORMAL)}:
         print(f"evaluate.py: warning: no anomaly question of {args.data} has \"{answers.ABNORMAL}\" or "
               f"\"{answers.NORMAL}\" as its answer; anomaly sensitivity and specificity are left blank")
     device = M.default_device()
