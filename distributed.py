@@ -35,6 +35,14 @@ def init_distributed(timeout_minutes: float = 60) -> tuple[int, int, str]:
     return dist.get_rank(), dist.get_world_size(), f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
 
 
+def finish():
+    """End the process group with every rank at once: a rank that tears gloo down while another still writes the
+    final model can abort at exit ("terminate called without an active exception")."""
+    if dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
+
+
 def get_rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

@@ -34,7 +34,6 @@ import time
 from functools import partial
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 import answers
@@ -248,8 +247,7 @@ def main(argv=None):
         run.mark_done(args.out)
         if rank == 0:
             print(f"wrote {args.out}")
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    D.finish()
     return policy
 
 

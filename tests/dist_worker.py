@@ -19,4 +19,4 @@ save_file({**{k: v.detach().cpu().contiguous() for k, v in net.state_dict().item
            "grad": net[0].weight.grad.cpu().contiguous(), "summed": torch.tensor([summed["one"], summed["rank"]])},
           f"{out}-{rank}.safetensors")
 print(f"rank {rank}/{world} on {device}: {torch.distributed.get_backend()} broadcast, gradient sum and metric sum ok")
-torch.distributed.destroy_process_group()
+D.finish()

@@ -29,5 +29,4 @@ stats = train_grpo.policy_step(policy, policy, optimizer, scheduler, params, pro
 if rank == 0:
     save_file(run.trainable_state(policy), out)
     json.dump(stats, open(out + ".stats.json", "w"))  # what train_grpo.py logs: the same for any split of the batch
-if torch.distributed.is_initialized():
-    torch.distributed.destroy_process_group()
+D.finish()
