@@ -8,7 +8,7 @@
 # Every run takes the demo's Stage 2 settings but, for time, a quarter of its steps (190; `--epochs 0.4` in GRPO
 # below gives the demo's length, at about 6 minutes a run); each row is evaluated with 3 sampling seeds and the
 # demo's judge. About 20 minutes on 2 CPU cores; finished runs are skipped when it is run again. Tables go to
-# $OUT/ablations/ (README.md shows them as measured).
+# $OUT/ablations/ (docs/ablations.md shows them as measured).
 set -euo pipefail
 OUT=${OUT:-runs/demo}
 A="$OUT/ablations"

@@ -60,7 +60,7 @@ def rate(rows, key):
 
 
 def metrics(rows: list[dict]) -> dict:
-    """The numbers of one model and one seed, from its rows (README.md, "What the metrics count")."""
+    """The numbers of one model and one seed, from its rows (docs/metrics.md, "What the metrics count")."""
     out = {task: rate([r for r in rows if r["task"] == task], "correct") for task in TASK_NAMES}
     out["overall"] = rate(rows, "correct")  # all correct answers over all questions, not a mean of the tasks
     out["format_rate"] = rate(rows, "format_ok")

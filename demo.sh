@@ -2,12 +2,12 @@
 # The paper in miniature on a CPU: synthetic MedAD set -> tiny Qwen2.5-VL -> SFT -> Con-GRPO -> Table 1.
 # 9.3 minutes on 2 CPU cores here (twice that on a slower machine of the same kind). The algorithm and its defaults are the paper's (G=8, β=0.04, ε=0.2, λ=1/3 each,
 # 8 prompts x 8 per step, the ratio against π_SFT); what is tuned for a 0.4M-parameter model trained from scratch
-# is written next to each command. README.md says what this shows and what it does not.
+# is written next to each command. docs/demo.md says what this shows and what it does not.
 set -euo pipefail
 OUT=${OUT:-runs/demo}
 export HF_HUB_OFFLINE=1
 # 4,000 images, 10% held out by patient (about 1,700 test questions). Options in one fixed order per task: a tiny
-# model does not learn to look up a shuffled option's letter in a CPU budget (README.md, "What the demo shows")
+# model does not learn to look up a shuffled option's letter in a CPU budget (docs/demo.md)
 python synth.py --out "$OUT/data" --n-images 4000 --test-frac 0.1 --option-order fixed --seed 0
 python tiny.py --out "$OUT/tiny" --corpus "$OUT/data/train.jsonl" --seed 0
 SMALL="--model $OUT/tiny --data $OUT/data/train.jsonl --batch-size 16 --micro-batch 16 --lr 1.5e-3 --full"

@@ -10,7 +10,7 @@ thought states its conclusion (and the consistency of those that do and do not),
 
 Any vision-language model that transformers' AutoModelForImageTextToText and its processor's chat template run is a
 row: Qwen2.5-VL decodes through the project's sampler, others (Gemma 3, LLaVA, ...) through `generate`, with the same
-prompt, parsing and metrics. Every row is judged by one judge (README.md, "Table 1 you can compare"): the one given
+prompt, parsing and metrics. Every row is judged by one judge (docs/metrics.md, "Table 1 you can compare"): the one given
 with --judge, else the one the Con-GRPO run among --ckpt used (its π_SFT when it judged itself). Models score in
 the regime training used: bf16 weights under autocast where the GPU has bf16, the LM head in fp32.
 
@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", nargs="+", required=True, help="checkpoints: folders or hub ids, one table row each")
     p.add_argument("--names", nargs="+", help="row names (default: the checkpoint paths)")
-    p.add_argument("--data", required=True, help="test JSONL (the schema in README.md, \"The JSONL the scripts read\"); "
+    p.add_argument("--data", required=True, help="test JSONL (the schema in docs/data.md); "
                    "not a cots.py *.cot.jsonl, whose judge filter biases the questions")
     p.add_argument("--out", default="eval_out", help="output folder (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (paper: 3 runs)")

@@ -101,7 +101,7 @@ def judge_views() -> dict:
 def stated_conclusion(thought: str | None, options: list[str], letter: str | None) -> bool:
     """Does the thought state the conclusion it leads to: name the chosen option's text (case and spaces aside) or
     announce its letter ("the answer is B", "option B", "(B)")? A judge can then copy the answer rather than
-    follow the reasoning (README.md, "What the consistency reward rewards")."""
+    follow the reasoning (docs/consistency.md)."""
     if not thought or letter is None:
         return False
     if _same(options[LETTERS.index(letter)]) in _same(thought):

@@ -20,7 +20,7 @@ Choices where the paper is silent or ambiguous, each with the flag that changes 
   trained on top of π_SFT and π_SFT is the same weights with the adapter disabled (no second copy).
 - --judge self reuses π_SFT's weights as the judge, text-only. The judge reads the whole thought (the paper);
   --judge-view hide-conclusion hides its concluding part, so that R_con pays for reasoning from which the answer
-  follows, not for the answer restated (README.md, "What the consistency reward rewards"). The lr is constant after
+  follows, not for the answer restated (docs/consistency.md). The lr is constant after
   an optional warm-up.
 - bf16 as the paper says, as mixed precision (--precision bf16, the default on GPUs that support it): autocast
   around forward passes, fp32 weights for a fully fine-tuned policy (a bf16 weight cannot take the updates lr 1e-6
@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="sft_out", help="start policy π_SFT: an SFT output folder, any model folder, "
                    "or a hub id (the base model gives Table 2's RL-only row) (default: %(default)s)")
-    p.add_argument("--data", help="training JSONL (the schema in README.md, \"The JSONL the scripts read\"); default: "
+    p.add_argument("--data", help="training JSONL (the schema in docs/data.md); default: "
                    "the one the SFT run in --ckpt used (its args.json)")
     p.add_argument("--out", default="grpo_out", help="output folder (default: %(default)s)")
     p.add_argument("--group-size", type=int, default=8, help="G completions per prompt (paper: 8)")

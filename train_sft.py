@@ -47,8 +47,8 @@ import run
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="base model: hub id or folder (default: %(default)s)")
-    p.add_argument("--data", required=True, help="training JSONL (the schema in README.md, "
-                   "\"The JSONL the scripts read\"; every record with a `cot`)")
+    p.add_argument("--data", required=True, help="training JSONL (the schema in docs/data.md; every record with a "
+                   "`cot`)")
     p.add_argument("--out", default="sft_out", help="output folder (default: %(default)s)")
     p.add_argument("--epochs", type=float, default=2, help="passes over the data (paper: 2)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate of AdamW (paper: 1e-4)")

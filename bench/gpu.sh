@@ -18,7 +18,7 @@
 #   SMOKE=1 bash bench/gpu.sh      # the same steps at toy sizes on a CPU (gloo for NCCL), to check the script itself
 #
 # A GPU machine without the project's transformers (or without trl and datasets, for the benchmarks): bring wheels in
-# .whl/ (README.md, "The pieces"); they are installed into a temporary folder and put first on PYTHONPATH.
+# .whl/ (docs/commands.md); they are installed into a temporary folder and put first on PYTHONPATH.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-$(mktemp -d)}; mkdir -p "$OUT"
