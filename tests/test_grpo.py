@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -38,19 +39,23 @@ def test_at_theta_equal_sft_the_loss_is_minus_mean_advantage_with_zero_kl():
     torch.testing.assert_close(logps.grad, expected.float())
 
 
-@pytest.mark.parametrize("log_ratio, adv, clipped", [
-    (0.5, 1.0, True),    # r = 1.65 > 1.2 with Â > 0: clipped, no gradient
-    (0.5, -1.0, False),  # r > 1+ε with Â < 0: min keeps the unclipped term
-    (-0.5, -1.0, True),  # r = 0.61 < 0.8 with Â < 0: clipped
-    (-0.5, 1.0, False),  # r < 1−ε with Â > 0: unclipped
-    (0.1, 1.0, False),   # inside the range
+@pytest.mark.parametrize("epsilon, log_ratio, adv, clipped", [
+    (0.2, 0.5, 1.0, True),     # r = 1.65 > 1.2 with Â > 0: clipped, no gradient
+    (0.2, 0.5, -1.0, False),   # r > 1+ε with Â < 0: min keeps the unclipped term
+    (0.2, -0.5, -1.0, True),   # r = 0.61 < 0.8 with Â < 0: clipped
+    (0.2, -0.5, 1.0, False),   # r < 1−ε with Â > 0: unclipped
+    (0.2, 0.1, 1.0, False),    # inside the range
+    (0.1, 0.15, 1.0, True),    # r = 1.16: beyond 1 + 0.1 ...
+    (0.3, 0.25, 1.0, False),   # r = 1.28: ... but within 1 + 0.3
+    (0.1, -0.15, -1.0, True),  # r = 0.86 < 1 − 0.1
+    (0.3, -0.3, -1.0, False),  # r = 0.74 > 1 − 0.3
 ])
-def test_clipping_on_each_side(log_ratio, adv, clipped):
+def test_clipping_on_each_side(epsilon, log_ratio, adv, clipped):
     ref = torch.tensor([[-1.0]])
     logps = (ref + log_ratio).requires_grad_()
-    loss, stats = grpo_loss(logps, ref, torch.tensor([adv]), torch.ones(1, 1), epsilon=0.2, beta=0.0)
+    loss, stats = grpo_loss(logps, ref, torch.tensor([adv]), torch.ones(1, 1), epsilon=epsilon, beta=0.0)
     r = torch.exp(torch.tensor(log_ratio)).item()
-    expected = -(min(r * adv, min(max(r, 0.8), 1.2) * adv))
+    expected = -(min(r * adv, min(max(r, 1 - epsilon), 1 + epsilon) * adv))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
     assert (logps.grad.abs().item() == 0) == clipped and stats["clip_frac"] == float(clipped)
@@ -186,20 +191,53 @@ def test_end_to_end_writes_model_metrics_and_samples(sft_out, synth_dir, tmp_pat
     assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
 
 
-def test_resume_equals_an_uninterrupted_run(sft_out, synth_dir, tmp_path, monkeypatch):
-    train = os.path.join(synth_dir, "train.jsonl")
-    grpo(sft_out, train, tmp_path / "straight", "--lora", "--stop-after", "4")
-    grpo(sft_out, train, tmp_path / "resumed", "--lora", "--stop-after", "2")
+def test_resume_equals_an_uninterrupted_run(sft5, five, tmp_path, monkeypatch):
+    """Resumed at step 2 of 4, the run ends where the uninterrupted one does, weights and log. The weights move after
+    the checkpoint (sft5's groups have unequal rewards, so advantages are not 0) and AdamW's state matters: resumed
+    without it, the same run ends elsewhere."""
+    flags = lambda out, *extra: grpo_args(sft5, five, out, "--lora", "--epochs", "2", *extra)  # noqa: E731
+    train_grpo.main(flags(tmp_path / "straight", "--stop-after", "4"))
+    train_grpo.main(flags(tmp_path / "resumed", "--stop-after", "2"))
+    shutil.copytree(tmp_path / "resumed", tmp_path / "no_optimizer")
     loads, real = [], torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real(*a, **k))
-    grpo(sft_out, train, tmp_path / "resumed", "--lora", "--stop-after", "4", "--resume")
+    train_grpo.main(flags(tmp_path / "resumed", "--stop-after", "4", "--resume"))
     # every rank reads to the CPU, then takes its part: nothing lands on cuda:0 for all ranks; nothing unpickled
     assert loads and all(k.get("map_location") == "cpu" and k.get("weights_only") is True for k in loads)
-    a = load_file(tmp_path / "straight" / "checkpoint-4" / "trainable.safetensors")
-    b = load_file(tmp_path / "resumed" / "checkpoint-4" / "trainable.safetensors")
+    weights = lambda out, step: load_file(tmp_path / out / f"checkpoint-{step}" / "trainable.safetensors")  # noqa: E731
+    a, b, at_2 = weights("straight", 4), weights("resumed", 4), weights("resumed", 2)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    rows = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert any(not torch.equal(a[k], at_2[k]) for k in a)  # steps 3-4 moved the weights
+    untimed = lambda out: [{k: v for k, v in r.items() if not k.startswith("t_") and k != "peak_mem_gb"}  # noqa: E731
+                           for r in metrics(tmp_path / out)]
+    assert untimed("resumed") == untimed("straight") and [r["step"] for r in metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
+    import torch.distributed.checkpoint.state_dict as state_dict
+    monkeypatch.setattr(state_dict, "set_optimizer_state_dict", lambda *a, **k: None)  # AdamW's moments dropped
+    train_grpo.main(flags(tmp_path / "no_optimizer", "--stop-after", "4", "--resume"))
+    c = weights("no_optimizer", 4)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_the_ratio_against_pi_old_keeps_the_sampling_policy_over_every_iteration(tiny_dir, records, monkeypatch):
+    """--ratio-ref old with --iterations 3: every pass takes the ratio against the log-probs of the policy that sampled
+    (the first pass's), not against the policy of that pass, whose ratio would be 1 again after each update."""
+    policy, processor = model.load_model(tiny_dir, device="cpu")
+    policy.requires_grad_(True)
+    prompt = data.prompt_batch(processor, records[:1])
+    rollout = sampler.sample(policy, processor, prompt, group_size=4, max_new_tokens=16, seed=0)
+    args = train_grpo.parse_args(["--data", "-", "--group-size", "4", "--micro-batch", "4", "--iterations", "3",
+                                  "--ratio-ref", "old", "--lr", "1e-2", "--precision", "fp32"])
+    seen, real = [], train_grpo.grpo_loss
+    monkeypatch.setattr(train_grpo, "grpo_loss", lambda logps, *a, **k: seen.append((logps.detach(), k["old_logps"]))
+                        or real(logps, *a, **k))
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr)
+    train_grpo.policy_step(policy, policy, optimizer, run.lr_schedule(optimizer, 3, 0.0, "constant"), params, prompt,
+                           rollout["completion_ids"], rollout["completion_mask"], torch.tensor([1.0, -1.0, 0.5, -0.5]),
+                           args)
+    first = seen[0][0]
+    assert len(seen) == 3 and all(torch.equal(old, first) for _, old in seen)
+    assert not torch.equal(seen[1][0], first) and not torch.equal(seen[2][0], seen[1][0])  # the policy moved
 
 
 @pytest.mark.parametrize("loss_agg", ["seq", "token"])
@@ -223,8 +261,10 @@ def test_two_gloo_processes_take_the_same_step_as_one(sft_out, records, tmp_path
     assert any(not torch.equal(a[k], before[k]) for k in a)  # the step moved the weights
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
-    # the logged KL and clip fraction are token means over the whole batch: the same on 2 ranks, in 2 chunks or in 1
+    # the loss is divided by the global count: the gradient before clipping is one process's, not N times it
     stats = [json.load(open(tmp_path / f"{name}.safetensors.stats.json")) for name in ("ddp", "one", "one_chunk")]
+    assert stats[0]["grad_norm"] == pytest.approx(stats[1]["grad_norm"], rel=1e-4) and stats[1]["grad_norm"] > 0
+    # the logged KL and clip fraction are token means over the whole batch: the same on 2 ranks, in 2 chunks or in 1
     assert stats[0]["kl"] > 0
     for key in ("kl", "clip_frac"):  # (k3 ~ d²/2 in fp32 carries ~1e-4 of rounding; weighting chunks differs by far more)
         assert stats[0][key] == pytest.approx(stats[1][key], rel=1e-3, abs=1e-9)

@@ -74,13 +74,21 @@ def test_lora_targets_the_language_model_only(tiny):
 
 
 def test_repeat_prompts_repeats_rows_and_image_patches(tiny, records):
-    _, processor = tiny
-    batch = data.prompt_batch(processor, records[:2])
-    rep = model.repeat_prompts(batch, 3)
-    assert rep["input_ids"].shape[0] == 6 and torch.equal(rep["input_ids"][2], batch["input_ids"][0])
+    """Each prompt n times in a row, its image patches (or features) with it, in every slot: [p0 p0 p0 p1 p1 p1]."""
+    m, processor = tiny
+    two = [records[0], next(r for r in records if r["image"] != records[0]["image"])]  # two images
+    batch = data.prompt_batch(processor, two)
     n0 = int(batch["image_grid_thw"][0].prod())
-    assert torch.equal(rep["pixel_values"][2 * n0:3 * n0], batch["pixel_values"][:n0])
-    assert torch.equal(rep["pixel_values"][3 * n0:4 * n0], batch["pixel_values"][n0:2 * n0])
+    patches = [batch["pixel_values"][:n0], batch["pixel_values"][n0:]]
+    assert not torch.equal(patches[0], patches[1])
+    rep = model.repeat_prompts(batch, 3)
+    assert torch.equal(rep["input_ids"], batch["input_ids"][[0, 0, 0, 1, 1, 1]])
+    assert torch.equal(rep["pixel_values"], torch.cat([patches[i] for i in (0, 0, 0, 1, 1, 1)]))
+    assert torch.equal(rep["image_grid_thw"], batch["image_grid_thw"][[0, 0, 0, 1, 1, 1]])
+    features = model.image_features(m, batch)
+    assert not torch.equal(features[0], features[1])
+    repeated = model.repeat_prompts({**batch, "image_features": features}, 3)["image_features"]
+    assert len(repeated) == 6 and all(torch.equal(f, features[i]) for f, i in zip(repeated, (0, 0, 0, 1, 1, 1)))
 
 
 def test_group_logprobs_share_the_prompt_and_equal_the_repeated_path(tiny, records):

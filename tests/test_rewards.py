@@ -85,6 +85,18 @@ def test_total_reward_weights_each_part():
     assert rewards.total_reward(1.0, 1.0, 0.0, 0.1, 0.8, 0.1) == pytest.approx(0.9)
     t = rewards.total_reward(torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(t, torch.tensor([2 / 3, 2 / 3]))
+    for parts, weight in (((1.0, 0.0, 0.0), 0.1), ((0.0, 1.0, 0.0), 0.2), ((0.0, 0.0, 1.0), 0.7)):
+        assert rewards.total_reward(*parts, 0.1, 0.2, 0.7) == pytest.approx(weight)  # each λ its own part
+
+
+def test_score_passes_each_weight_to_its_part():
+    """A well-formed, wrong, consistent completion: R = λ_fmt + λ_con, whatever λ_acc (a judge that always says B)."""
+    record = {"question": "Q?", "options": ["w", "x", "y", "z"], "answer": "A"}
+    judge = lambda questions, options, thoughts: ["B"] * len(thoughts)  # noqa: E731
+    out = rewards.score(["<think>It is x.</think><answer>B</answer>"], [record], judge, lambda_fmt=0.1, lambda_acc=0.2,
+                        lambda_con=0.7)
+    assert (out["format"].item(), out["accuracy"].item(), out["consistency"].item()) == (1.0, 0.0, 1.0)
+    assert out["reward"].item() == pytest.approx(0.8)
 
 
 class LetterHead(torch.nn.Module):
