@@ -17,7 +17,8 @@ import argparse
 import json
 import os
 
-from tqdm import tqdm
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # read when torch loads OpenMP: docs/scale.md, "A shared CPU"
+from tqdm import tqdm  # noqa: E402
 
 import data
 import model as M

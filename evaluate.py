@@ -27,7 +27,8 @@ import os
 import sys
 import time
 
-import numpy as np
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # read when torch loads OpenMP: docs/scale.md, "A shared CPU"
+import numpy as np  # noqa: E402
 from tqdm import tqdm
 
 import answers
@@ -206,7 +207,7 @@ def main(argv=None):
     data.write_jsonl(os.path.join(args.out, "predictions.jsonl"), predictions)
     note = "Greedy decoding: the std over seeds is 0 by construction.\n\n" if args.temperature == 0 else ""
     text = note + tables(results, judge_line)
-    open(os.path.join(args.out, "results.md"), "w").write(text)
+    open(os.path.join(args.out, "results.md"), "w", encoding="utf-8").write(text)
     print(text)
     return report
 

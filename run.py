@@ -244,11 +244,27 @@ def profiler(out: str | None):
     return prof
 
 
+def reset_peak_memory():
+    """Start a new peak: the GPU's allocation peak, or on Linux this process's peak resident memory (VmHWM, which
+    writing 5 to /proc/self/clear_refs resets), so that each step's log says that step's peak."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux: peak_memory_gb is then the process's running maximum
+        pass
+
+
 def peak_memory_gb() -> float:
-    """Peak GPU memory allocated by torch, or this process's peak resident memory on CPU, in GiB."""
+    """Peak GPU memory allocated by torch since reset_peak_memory, or this process's peak resident memory on CPU
+    (since reset_peak_memory on Linux; the running maximum elsewhere), in GiB."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**30
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
+    try:
+        status = open("/proc/self/status").read()
+        return int(status.split("VmHWM:")[1].split()[0]) / 2**20  # KiB
+    except (OSError, IndexError):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

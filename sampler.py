@@ -10,6 +10,8 @@ Python; here a prompt is prefilled once, its keys and values copied to its G row
 CUDA graph replay. `tests/test_sampler.py` holds it to `generate` (greedy), to a second forward (log-probs) and to
 π_θ's distribution (Pearson's χ²).
 """
+import time
+
 import torch
 from torch.distributed.fsdp import FSDPModule
 from transformers import GenerationConfig
@@ -86,13 +88,16 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
 
     Each prompt, its image included, is prefilled once and its keys and values copied to its G rows; then one
     forward a token for all rows, on a static KV cache whose filled prefix (in buckets of BUCKET positions) each step
-    attends over, captured in a CUDA graph per bucket on GPUs (cuda_graph=None: where it can). Temperature and top-p as given, top-k off, nothing of the checkpoint's generation_config.json (Qwen2.5-VL-
-    3B-Instruct's repetition_penalty 1.05 and top_k 1 would make every rollout off-policy for Eq. 8). Vision tokens
-    are never sampled (a sampled <|image_pad|> breaks the next forward's image-token count); no end of turn before
-    min_new_tokens. Returns completion ids [N*G, T] (pad after the end), their mask (up to the first end-of-turn
-    token, included), their log-probs under π_θ at temperature 1 [N*G, T] (as completion_logprobs gives them),
-    `ended` [N*G] (stopped with an end-of-turn token within max_new_tokens) and texts (model.completion_texts:
-    without the final end-of-turn token, every other special token kept, so that R_fmt sees them).
+    attends over, on GPUs a CUDA graph a bucket (DecodeGraphs: one shared memory pool, a graph freed as decoding
+    moves past its bucket; cuda_graph=None: where it can). The LM head's bf16 copy is made once for the call
+    (model.head_cast_once). Temperature and top-p as given, top-k off, nothing of the checkpoint's
+    generation_config.json (Qwen2.5-VL-3B-Instruct's repetition_penalty 1.05 and top_k 1 would make every rollout
+    off-policy for Eq. 8). Vision tokens are never sampled (a sampled <|image_pad|> breaks the next forward's
+    image-token count); no end of turn before min_new_tokens. Returns completion ids [N*G, T] (pad after the end),
+    their mask (up to the first end-of-turn token, included), their log-probs under π_θ at temperature 1 [N*G, T] (as
+    completion_logprobs gives them), `ended` [N*G] (stopped with an end-of-turn token within max_new_tokens), texts
+    (model.completion_texts: without the final end-of-turn token, every other special token kept, so that R_fmt sees
+    them), and the CUDA graphs captured with the seconds they took (`graph_captures`, `capture_s`).
     """
     if seed is not None:
         torch.manual_seed(seed)
@@ -101,71 +106,95 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
     (N, P), G, T = prompt["input_ids"].shape, group_size, max_new_tokens
     B, L, device = N * G, P + T, prompt["input_ids"].device
 
-    # ---- prefill each prompt once; its keys and values then serve its G rows ----
-    valid = prompt["attention_mask"].bool()  # left padding
-    positions, deltas = M.inner(model).get_rope_index(prompt["input_ids"], mm_token_type_ids=prompt.get("mm_token_type_ids"),
-                                                     image_grid_thw=prompt.get("image_grid_thw"), attention_mask=prompt["attention_mask"])
-    causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
-    allowed = (causal & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)  # a pad attends to itself
-    prefill = KVCache(P, device=device)
-    logits = model(**M.model_inputs({k: v for k, v in prompt.items() if k != "attention_mask"}), position_ids=positions,
-                   attention_mask=_mask(allowed[:, None], model), cache=prefill, use_cache=True,
-                   logits_to_keep=1).logits[:, -1].float().repeat_interleave(G, 0)
-    cache = prefill.repeat(G, L)
-    seen = torch.zeros(B, L, dtype=torch.bool, device=device)  # keys each row may attend to
-    seen[:, :P] = valid.repeat_interleave(G, 0)
-    # the M-RoPE position of the first new token (the prompt's last + 1), all three axes alike, padding not counted
-    start = (valid.sum(1) + deltas.view(N)).repeat_interleave(G)
+    with M.head_cast_once(model):  # one bf16 copy of the LM head for the call, every CUDA graph included
+        # ---- prefill each prompt once; its keys and values then serve its G rows ----
+        valid = prompt["attention_mask"].bool()  # left padding
+        positions, deltas = M.inner(model).get_rope_index(
+            prompt["input_ids"], mm_token_type_ids=prompt.get("mm_token_type_ids"),
+            image_grid_thw=prompt.get("image_grid_thw"), attention_mask=prompt["attention_mask"])
+        causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
+        allowed = (causal & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)  # a pad attends to itself
+        prefill = KVCache(P, device=device)
+        inputs = M.model_inputs({k: v for k, v in prompt.items() if k != "attention_mask"})
+        logits = model(**inputs, position_ids=positions, attention_mask=_mask(allowed[:, None], model), cache=prefill,
+                       use_cache=True, logits_to_keep=1).logits[:, -1].float().repeat_interleave(G, 0)
+        cache = prefill.repeat(G, L)
+        seen = torch.zeros(B, L, dtype=torch.bool, device=device)  # keys each row may attend to
+        seen[:, :P] = valid.repeat_interleave(G, 0)
+        # the M-RoPE position of the first new token (the prompt's last + 1), all three axes alike, no padding counted
+        start = (valid.sum(1) + deltas.view(N)).repeat_interleave(G)
 
-    # ---- decode: one forward a token for all rows ----
-    token_in = torch.zeros(B, 1, dtype=torch.long, device=device)
-    position_in = torch.zeros(3, B, 1, dtype=torch.long, device=device)
+        # ---- decode: one forward a token for all rows ----
+        token_in = torch.zeros(B, 1, dtype=torch.long, device=device)
+        position_in = torch.zeros(3, B, 1, dtype=torch.long, device=device)
 
-    def step():  # attends over the live prefix (cache.live): one CUDA graph a bucket
-        return model(input_ids=token_in, position_ids=position_in, cache=cache, use_cache=True, logits_to_keep=1,
-                     attention_mask=_mask(seen[:, None, None, :cache.live], model)).logits[:, -1].float()
+        def step():  # attends over the live prefix (cache.live): one CUDA graph a bucket
+            return model(input_ids=token_in, position_ids=position_in, cache=cache, use_cache=True, logits_to_keep=1,
+                         attention_mask=_mask(seen[:, None, None, :cache.live], model)).logits[:, -1].float()
 
-    if cuda_graph is None:  # where it can: on a GPU, a model not sharded (FSDP's hooks run Python at every forward)
-        cuda_graph = device.type == "cuda" and not isinstance(model, FSDPModule)
-    graphs = {}  # live length -> (graph, its logits buffer)
-    banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
-    banned[tok.convert_tokens_to_ids(VISION_TOKENS)] = True
-    no_end = banned.clone()
-    no_end[end_ids] = True
-    ids = torch.full((B, T), tok.pad_token_id, dtype=torch.long, device=device)
-    logps = torch.zeros(B, T, device=device)
-    ended = torch.zeros(B, dtype=torch.bool, device=device)
-    for t in range(T):
-        token, logp = _pick(logits, greedy=greedy, temperature=temperature, top_p=top_p,
-                            banned=no_end if t < min_new_tokens else banned)
-        ids[:, t] = token.masked_fill(ended, tok.pad_token_id)
-        logps[:, t] = logp
-        ended |= torch.isin(token, end_ids)
-        if t == T - 1 or (t % 8 == 7 and bool(ended.all())):  # a host sync every 8 tokens, not every token
-            break
-        token_in.copy_(ids[:, t:t + 1])
-        position_in.copy_((start + t).view(1, B, 1).expand(3, B, 1))
-        seen[:, P + t] = True
-        cache.pos.fill_(P + t)
-        cache.live = min(L, -(-(P + t + 1) // BUCKET) * BUCKET)
-        if cuda_graph and cache.live not in graphs:
-            graphs[cache.live] = _capture(step)
-            cuda_graph = graphs[cache.live][0] is not None
-        if cuda_graph:
-            graph, logits_out = graphs[cache.live]
-            graph.replay()  # logits_out is read before the next replay overwrites it
-            logits = logits_out
-        else:
-            logits = step()
-    mask = M.end_of_turn_mask(ids[:, :t + 1], end_ids.tolist())
-    ids, logps = ids[:, :t + 1].masked_fill(mask == 0, tok.pad_token_id), logps[:, :t + 1] * mask
-    return {"completion_ids": ids, "completion_mask": mask, "logprobs": logps, "ended": ended,
-            "texts": M.completion_texts(tok, ids, mask, ended)}
+        if cuda_graph is None:  # where it can: on a GPU, a model not sharded (FSDP's hooks run Python at every forward)
+            cuda_graph = device.type == "cuda" and not isinstance(model, FSDPModule)
+        graphs = DecodeGraphs(step) if cuda_graph else None
+        banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
+        banned[tok.convert_tokens_to_ids(VISION_TOKENS)] = True
+        no_end = banned.clone()
+        no_end[end_ids] = True
+        ids = torch.full((B, T), tok.pad_token_id, dtype=torch.long, device=device)
+        logps = torch.zeros(B, T, device=device)
+        ended = torch.zeros(B, dtype=torch.bool, device=device)
+        for t in range(T):
+            token, logp = _pick(logits, greedy=greedy, temperature=temperature, top_p=top_p,
+                                banned=no_end if t < min_new_tokens else banned)
+            ids[:, t] = token.masked_fill(ended, tok.pad_token_id)
+            logps[:, t] = logp
+            ended |= torch.isin(token, end_ids)
+            if t == T - 1 or (t % 8 == 7 and bool(ended.all())):  # a host sync every 8 tokens, not every token
+                break
+            token_in.copy_(ids[:, t:t + 1])
+            position_in.copy_((start + t).view(1, B, 1).expand(3, B, 1))
+            seen[:, P + t] = True
+            cache.pos.fill_(P + t)
+            cache.live = min(L, -(-(P + t + 1) // BUCKET) * BUCKET)
+            logits = graphs(cache.live) if graphs is not None else None
+            if logits is None:  # no graph: this device, FSDP, or a model that cannot be captured
+                graphs, logits = None, step()
+        mask = M.end_of_turn_mask(ids[:, :t + 1], end_ids.tolist())
+        ids, logps = ids[:, :t + 1].masked_fill(mask == 0, tok.pad_token_id), logps[:, :t + 1] * mask
+        return {"completion_ids": ids, "completion_mask": mask, "logprobs": logps, "ended": ended,
+                "texts": M.completion_texts(tok, ids, mask, ended), "graph_captures": graphs.captures if graphs else 0,
+                "capture_s": graphs.capture_s if graphs else 0.0}
 
 
-def _capture(step):
-    """(a CUDA graph of step(), its output buffer), or (None, None) where the model cannot be captured: one replay
-    then runs the whole decode step, every kernel at once, instead of ~1,000 launches from Python."""
+class DecodeGraphs:
+    """CUDA graphs of the decode step, one a bucket of live length, all captured into one memory pool. Decoding only
+    moves forward, so a bucket's graph is freed when decoding moves past it, before the next bucket's is captured: one
+    graph holds memory at a time. Called with the step's live length, it replays that bucket's graph (capturing it first) and returns its
+    logits, or None where the model cannot be captured. Counts its captures and the seconds they took."""
+
+    def __init__(self, step, capture=None, new_pool=None):
+        self.step, self.capture = step, capture or _capture
+        self.new_pool = new_pool or torch.cuda.graph_pool_handle
+        self.pool = self.live = self.graph = self.out = None
+        self.captures, self.capture_s = 0, 0.0
+
+    def __call__(self, live: int):
+        if live != self.live:
+            self.graph = self.out = None  # the last bucket's graph: freed, its memory back in the shared pool
+            self.pool = self.pool or self.new_pool()
+            start = time.perf_counter()
+            self.graph, self.out = self.capture(self.step, self.pool)
+            self.capture_s += time.perf_counter() - start
+            self.captures, self.live = self.captures + 1, live
+        if self.graph is None:
+            return None
+        self.graph.replay()  # self.out is read before the next replay overwrites it
+        return self.out
+
+
+def _capture(step, pool):
+    """(a CUDA graph of step() in the memory pool `pool`, its output buffer), or (None, None) where the model cannot
+    be captured: one replay then runs the whole decode step, every kernel at once, instead of ~1,000 launches from
+    Python."""
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -174,13 +203,12 @@ def _capture(step):
                 step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=pool):
             out = step()
         return graph, out
     except RuntimeError as e:  # a host sync or a CPU-side branch inside the model: decode without the graph
         print(f"sampler.sample: decoding without a CUDA graph ({type(e).__name__}: {str(e)[:200]})")
         return None, None
-
 
 
 # ---- the plain path: any vision-language model transformers can run ----

@@ -67,28 +67,55 @@ def train_tokenizer(corpus, vocab_size: int = 1024):
                           model_max_length=32768, clean_up_tokenization_spaces=False, split_special_tokens=False)
 
 
+# Qwen/Qwen2.5-VL-3B-Instruct's config.json, special token ids aside (a tokenizer's own go in): --preset qwen2.5-vl-3b
+QWEN25_VL_3B = dict(
+    text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                     num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
+                     rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+                     tie_word_embeddings=True),
+    vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+                       spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=2048,
+                       fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
+    tie_word_embeddings=True)
+
+
+def token_ids(tokenizer) -> dict:
+    """The config's special token ids, the tokenizer's own."""
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+
+
+def text_ids(tokenizer) -> dict:
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids(M.END_OF_TURN), pad_token_id=ids("<|endoftext|>"))
+
+
+def real_config(tokenizer) -> Qwen2_5_VLConfig:
+    """Qwen2.5-VL-3B-Instruct's architecture (3.75B parameters, the 151,936-row vocabulary) over a small tokenizer:
+    random weights at the real shapes, for benchmarks (sampled ids the tokenizer lacks decode to nothing)."""
+    return Qwen2_5_VLConfig(text_config={**QWEN25_VL_3B["text_config"], **text_ids(tokenizer)},
+                            vision_config=QWEN25_VL_3B["vision_config"], tie_word_embeddings=True, **token_ids(tokenizer))
+
+
 def tiny_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 64,
                 vision_layers: int = 1, rope_theta: float = 1e4) -> Qwen2_5_VLConfig:
     head_dim = hidden // heads
     half = head_dim // 2  # M-RoPE splits head_dim/2 frequencies over (time, height, width)
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
-    ids = tokenizer.convert_tokens_to_ids
     return Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=4 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                          max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=True,
                          rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope},
-                         bos_token_id=ids("<|endoftext|>"), eos_token_id=ids(M.END_OF_TURN),
-                         pad_token_id=ids("<|endoftext|>"), initializer_range=0.3),
+                         initializer_range=0.3, **text_ids(tokenizer)),
         vision_config=dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                            num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                            window_size=112, out_hidden_size=hidden, fullatt_block_indexes=list(range(vision_layers)),
                            # 0.05, not 0.02: image tokens then leave the merger at about the scale of the text
                            # embeddings (std ~0.4 vs 0.3; 0.06 at 0.02), and are not drowned in the residual stream
                            initializer_range=0.05),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
-        tie_word_embeddings=True,
+        tie_word_embeddings=True, **token_ids(tokenizer),
         # With the usual 0.02 the tied output layer keeps every logit within about ±1, and a LoRA (which cannot
         # change it) stalls at a loss of ~5.5 on 8 examples; 0.3 lets it reach ~0.001, as a pretrained model would.
         initializer_range=0.3)
@@ -108,14 +135,15 @@ def corpus_lines(paths: list[str]):
 
 def build_tiny(out: str, *, seed: int = 0, corpus=(), vocab_size: int = 1024, hidden: int = 64, layers: int = 2,
                heads: int = 4, rope_theta: float = 1e4, image_px: int = 112, dtype: torch.dtype = torch.float32,
-               device: str = "cpu") -> str:
+               device: str = "cpu", preset: str | None = None) -> str:
     """Write a randomly initialised tiny Qwen2.5-VL and its processor to `out`; loads like the hub model. Built on
-    `device` and written in `dtype` (a 2.27B model at the 3B's widths initialises in seconds on a GPU and takes half
-    the disk in bf16)."""
+    `device` and written in `dtype` (the 3.75B model of preset="qwen2.5-vl-3b" initialises in seconds on a GPU and
+    takes half the disk in bf16)."""
     torch.manual_seed(seed)
     tokenizer = train_tokenizer(["<think> </think> <answer> </answer> A B C D", *corpus], vocab_size)
     tokenizer.chat_template = CHAT_TEMPLATE
-    config = tiny_config(tokenizer, hidden=hidden, layers=layers, heads=heads, rope_theta=rope_theta)
+    config = real_config(tokenizer) if preset == "qwen2.5-vl-3b" else \
+        tiny_config(tokenizer, hidden=hidden, layers=layers, heads=heads, rope_theta=rope_theta)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
     model.generation_config = GenerationConfig(
@@ -146,10 +174,14 @@ def main(argv=None):
                    "%(default)s; bfloat16 halves the disk of a large one)")
     p.add_argument("--device", default="cpu", help="where the random weights are made (cuda: seconds for billions; "
                    "default: %(default)s)")
+    p.add_argument("--preset", choices=["qwen2.5-vl-3b"], help="Qwen2.5-VL-3B-Instruct's real architecture (3.75B "
+                   "parameters, its 151,936-row vocabulary and 32-block vision tower) with random weights, instead of "
+                   "--hidden/--layers/--heads: for benchmarks at the real shapes (make it with --device cuda --dtype "
+                   "bfloat16)")
     args = p.parse_args(argv)
     build_tiny(args.out, seed=args.seed, corpus=list(corpus_lines(args.corpus)), vocab_size=args.vocab_size,
                hidden=args.hidden, layers=args.layers, heads=args.heads, rope_theta=args.rope_theta, image_px=args.image_px,
-               dtype=getattr(torch, args.dtype), device=args.device)
+               dtype=getattr(torch, args.dtype), device=args.device, preset=args.preset)
     from safetensors import safe_open  # counted from the files' headers: nothing is loaded back
     count = 0
     for file in glob.glob(os.path.join(args.out, "*.safetensors")):

@@ -44,7 +44,8 @@ import os
 import time
 from contextlib import nullcontext
 
-import torch
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # read when torch loads OpenMP: docs/scale.md, "A shared CPU"
+import torch  # noqa: E402
 from tqdm import tqdm
 
 import answers
@@ -207,36 +208,38 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
     G, share = args.group_size, not args.gradient_checkpointing  # checkpointing keeps no KV cache to share
     per_chunk = max(1, args.micro_batch // G)  # prompts per micro-batch
     chunks = [(slice(i, i + per_chunk), slice(i * G, (i + per_chunk) * G)) for i in range(0, len(prompt["input_ids"]), per_chunk)]
-    with M.autocast(ids.device, args.precision):  # forward passes only, never around optimizer.step()
-        ref = [reference_logprobs(policy, reference, take(prompt, p), ids[c], mask[c], G, share) for p, c in chunks]
-    old = [None] * len(chunks)
-    count = (lambda c: mask[c].sum()) if args.loss_agg == "token" else (lambda c: len(ids[c]))
-    total = D.all_reduce_sum(float(sum(count(c) for _, c in chunks)))
-    kl_sum = clipped = tokens = 0.0  # over every token of every update, for the log
-    stats = {}
-    for _ in range(args.iterations):
-        total_loss = 0.0
-        for i, (p, c) in enumerate(chunks):
-            with M.autocast(ids.device, args.precision):
-                logps = M.group_logprobs(policy, take(prompt, p), ids[c], mask[c], G, share)
-            if args.ratio_ref == "old" and old[i] is None:
-                old[i] = logps.detach()  # the first pass is π_old, the sampling policy; kept for μ > 1
-            loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
-                                old_logps=old[i], agg=args.loss_agg)
-            loss = loss * count(c) / total
-            loss.backward()
-            total_loss = total_loss + loss.detach()
-            kl_sum, clipped, tokens = kl_sum + s["kl"] * s["tokens"], clipped + s["clip_frac"] * s["tokens"], tokens + s["tokens"]
-        if D.all_reduce_sum(float(not torch.isfinite(total_loss))):  # one host sync an update; every rank stops
-            raise FloatingPointError(f"the loss is not finite on some rank ({float(total_loss)} here): stopping before "
-                                     f"the update. The last good checkpoint is {run.latest_checkpoint(args.out)}; "
-                                     "try a lower --lr")
-        D.sync_grads(params)
-        stats["grad_norm"] = D.clip_grad_norm(params, args.max_grad_norm)
-        stats["lr"] = optimizer.param_groups[0]["lr"]  # the rate this update uses (the scheduler steps after it)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    with M.head_cast_once(policy, reference):  # the LM head's bf16 copy made once (again after an update)
+        with M.autocast(ids.device, args.precision):  # forward passes only, never around optimizer.step()
+            ref = [reference_logprobs(policy, reference, take(prompt, p), ids[c], mask[c], G, share) for p, c in chunks]
+        old = [None] * len(chunks)
+        count = (lambda c: mask[c].sum()) if args.loss_agg == "token" else (lambda c: len(ids[c]))
+        total = D.all_reduce_sum(float(sum(count(c) for _, c in chunks)))
+        kl_sum = clipped = tokens = 0.0  # over every token of every update, for the log
+        stats = {}
+        for _ in range(args.iterations):
+            total_loss = 0.0
+            for i, (p, c) in enumerate(chunks):
+                with M.autocast(ids.device, args.precision):
+                    logps = M.group_logprobs(policy, take(prompt, p), ids[c], mask[c], G, share)
+                if args.ratio_ref == "old" and old[i] is None:
+                    old[i] = logps.detach()  # the first pass is π_old, the sampling policy; kept for μ > 1
+                loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
+                                    old_logps=old[i], agg=args.loss_agg)
+                loss = loss * count(c) / total
+                loss.backward()
+                total_loss = total_loss + loss.detach()
+                kl_sum, clipped = kl_sum + s["kl"] * s["tokens"], clipped + s["clip_frac"] * s["tokens"]
+                tokens = tokens + s["tokens"]
+            if D.all_reduce_sum(float(not torch.isfinite(total_loss))):  # one host sync an update; every rank stops
+                raise FloatingPointError(f"the loss is not finite on some rank ({float(total_loss)} here): stopping "
+                                         f"before the update. The last good checkpoint is "
+                                         f"{run.latest_checkpoint(args.out)}; try a lower --lr")
+            D.sync_grads(params)
+            stats["grad_norm"] = D.clip_grad_norm(params, args.max_grad_norm)
+            stats["lr"] = optimizer.param_groups[0]["lr"]  # the rate this update uses (the scheduler steps after it)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
     sums = D.all_reduce_sum({"kl": float(kl_sum), "clip_frac": float(clipped), "tokens": float(tokens)})
     return {**stats, "kl": sums["kl"] / max(sums["tokens"], 1), "clip_frac": sums["clip_frac"] / max(sums["tokens"], 1)}
 
@@ -330,6 +333,7 @@ def main(argv=None):
 
         # ---- sample G completions per prompt from π_θ ----
         t0 = time.time()
+        run.reset_peak_memory()  # peak_mem_gb: this step's
         policy.eval()
         prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, mine).items()}
         with M.autocast(device, args.precision), D.unsharded(policy):  # FSDP: gathered once, not once per token
@@ -343,7 +347,8 @@ def main(argv=None):
 
         # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
         asked = [r for r in mine for _ in range(G)]  # the question of each completion
-        with M.autocast(device, args.precision), D.unsharded(judge.model):  # FSDP: ranks judge different counts
+        # FSDP: gathered, since ranks judge different counts; the judge's head cast to bf16 once for the batch
+        with M.autocast(device, args.precision), D.unsharded(judge.model), M.head_cast_once(judge.model):
             scores = rewards.score(texts, asked, judge, ended=ended.tolist(), special_tokens=special,
                                    judge_view=args.judge_view, **weights)
         advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)

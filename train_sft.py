@@ -33,7 +33,8 @@ import os
 import time
 from functools import partial
 
-import torch
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # read when torch loads OpenMP: docs/scale.md, "A shared CPU"
+import torch  # noqa: E402
 from tqdm import tqdm
 
 import answers
@@ -197,6 +198,7 @@ def main(argv=None):
         mine = [records[i] for i in batch[rank::world]]  # each rank its share of the same global batch
         chunks = [mine[i:i + args.micro_batch] for i in range(0, len(mine), args.micro_batch)]
         t0, loss_sum = time.time(), 0.0
+        run.reset_peak_memory()  # peak_mem_gb: this step's
         if args.judge:  # one target letter per example
             n_tokens = D.all_reduce_sum(float(len(mine)))
             micro = [partial(judge_loss, judge, c, n_tokens) for c in chunks]

@@ -2,6 +2,9 @@
 import os
 import sys
 import tempfile
+import time
+
+import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,3 +35,23 @@ def tiny_setup(n_images=40, hidden=64, layers=2, heads=4, image_px=112, seed=0, 
                     layers=layers, heads=heads, image_px=image_px)
     policy, processor = M.load_model(os.path.join(folder, "tiny"), device="cpu")
     return policy, processor, data.load_jsonl(train), folder
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bandwidth() -> float:
+    """Bytes per second a device-to-device copy of 2 GiB moves (read + write), the best of 5."""
+    x = torch.empty(2**31, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    y.copy_(x)  # warm-up
+    times = []
+    for _ in range(5):
+        sync()
+        start = time.perf_counter()
+        y.copy_(x)
+        sync()
+        times.append(time.perf_counter() - start)
+    return 2 * x.numel() / min(times)

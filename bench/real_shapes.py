@@ -1,11 +1,12 @@
-"""The real Qwen2.5-VL-3B architecture (random weights, built from its config values below, no download): peak
-memory and seconds of one SFT step (LoRA) and one Con-GRPO step (LoRA and full fine-tuning, judge self) at the
-paper's settings, in train_grpo.py's precision regime (--precision bf16: autocast around forward passes, a LoRA's base
-in bf16, fully fine-tuned weights and their π_SFT in fp32, the LM head in fp32). Needs a GPU; on CPU it says it was
-skipped (--tiny runs the same code at a toy width, to check it). Full fine-tuning of the 3.75B model needs ~75 GB
+"""The real Qwen2.5-VL-3B architecture (random weights, built from its config values, no download): one SFT step
+(LoRA), and at each image size one Con-GRPO step (LoRA, then full fine-tuning), judge self, at the paper's settings in
+train_grpo.py's precision regime (--precision bf16: autocast around forward passes, a LoRA's base in bf16, fully
+fine-tuned weights and their π_SFT in fp32, the LM head in fp32). Reports seconds, peak memory, and the rollout's
+tokens/s against the memory-bandwidth bound (each decode step reads every weight once). Needs a GPU; on CPU it says it
+was skipped (--tiny runs the same code at a toy width, to check it). Full fine-tuning of the 3.75B model needs ~75 GB
 before activations: on an 80 GB GPU it reports that it does not fit (train_grpo.py --fsdp over several GPUs does).
 
-    python bench/real_shapes.py [--micro-batch 8] [--group-size 8] [--prompts 8] [--max-new-tokens 256]
+    python bench/real_shapes.py [--image-px 448 1008] [--micro-batch 8] [--prompts 8] [--max-new-tokens 256]
 """
 import argparse
 import copy
@@ -21,19 +22,12 @@ import model as M  # noqa: E402
 import run  # noqa: E402
 import sampler  # noqa: E402
 import train_grpo  # noqa: E402
+from common import bandwidth  # noqa: E402
+from tiny import QWEN25_VL_3B as SHAPES  # noqa: E402
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
-# Qwen/Qwen2.5-VL-3B-Instruct's config.json
-QWEN25_VL_3B = dict(
-    text_config=dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-                     num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
-                     rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
-                     tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645),
-    vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
-                       spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=2048,
-                       fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2),
-    image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
-    tie_word_embeddings=True)
+HUB_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+QWEN25_VL_3B = dict(SHAPES, text_config=dict(SHAPES["text_config"], bos_token_id=151643, eos_token_id=151645), **HUB_IDS)
 TINY = dict(QWEN25_VL_3B, text_config=dict(QWEN25_VL_3B["text_config"], hidden_size=64, intermediate_size=128,
                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                             rope_parameters={"rope_type": "default", "rope_theta": 1e6,
@@ -56,14 +50,17 @@ def prompts(n, image_px, prompt_text, device):
             "image_grid_thw": torch.tensor([[1, grid, grid]] * n, device=device)}
 
 
-def measure(fn):
+def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+
+
+def measure(fn):
+    sync()
+    run.reset_peak_memory()
     t = time.perf_counter()
     fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - t, run.peak_memory_gb()
 
 
@@ -73,7 +70,8 @@ def main():
     p.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step (paper: 8 x G=8 = 64)")
     p.add_argument("--group-size", type=int, default=8, help="G (paper: 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="GRPO completion length (default: %(default)s)")
-    p.add_argument("--image-px", type=int, default=448, help="image side: 448 px gives 256 image tokens")
+    p.add_argument("--image-px", type=int, nargs="+", default=[448, 1008], help="image sides, one Con-GRPO step each: "
+                   "448 px gives 256 image tokens, 1008 px 1,296 (default: %(default)s)")
     p.add_argument("--prompt-text", type=int, default=120, help="text tokens of a prompt (system, question, options)")
     p.add_argument("--target", type=int, default=200, help="SFT target tokens (default: %(default)s)")
     p.add_argument("--tiny", action="store_true", help="a toy width on CPU, to check the code path")
@@ -97,7 +95,7 @@ def main():
     policy.gradient_checkpointing_enable({"use_reentrant": False})
     policy.enable_input_require_grads()
     opt = torch.optim.AdamW([q for q in policy.parameters() if q.requires_grad], lr=1e-4)
-    batch = prompts(args.micro_batch, args.image_px, args.prompt_text, device)
+    batch = prompts(args.micro_batch, args.image_px[0], args.prompt_text, device)
     ids = torch.randint(0, 150000, (args.micro_batch, args.target), device=device)
     mask = torch.ones_like(ids)
 
@@ -109,8 +107,8 @@ def main():
         opt.zero_grad()
     sft_step()  # warm-up
     figures["sft_step_s"], figures["sft_peak_gb"] = measure(sft_step)
-    print(f"SFT (LoRA, micro-batch {args.micro_batch}, gradient checkpointing): {figures['sft_step_s']:.2f} s, "
-          f"peak {figures['sft_peak_gb']:.1f} GiB")
+    print(f"SFT (LoRA, micro-batch {args.micro_batch}, {args.image_px[0]} px, gradient checkpointing): "
+          f"{figures['sft_step_s']:.2f} s, peak {figures['sft_peak_gb']:.1f} GiB")
 
     # ---- GRPO: sample G per prompt, judge self, reference, loss, step (LoRA: reference = adapter off) ----
     class Tok:  # the ids generation needs, without a tokenizer download
@@ -129,6 +127,9 @@ def main():
         tokenizer = Tok()
     grpo_args = train_grpo.parse_args(["--data", "-", "--micro-batch", str(args.micro_batch), "--precision", precision,
                                        "--gradient-checkpointing"])
+    bytes_per_second = bandwidth() if device == "cuda" else None
+    if bytes_per_second:
+        print(f"bandwidth: {bytes_per_second / 1e12:.2f} TB/s (a device-to-device copy)")
     for mode in ("lora", "full"):
         if mode == "full":  # π_θ and π_SFT both fp32 weights under autocast, as train_grpo.py runs them
             del opt
@@ -144,35 +145,54 @@ def main():
         params = [q for q in policy.parameters() if q.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-6)
         sched = run.lr_schedule(opt, 10, 0.0, decay="constant")
-        prompt = prompts(args.prompts, args.image_px, args.prompt_text, device)
+        for px in args.image_px:
+            prompt = prompts(args.prompts, px, args.prompt_text, device)
+            seconds = {}
 
-        def grpo_step():
-            policy.eval()
-            with M.autocast(device, precision):  # the frozen vision tower once a step, as train_grpo.py runs it
-                step_prompt = {**prompt, "image_features": M.image_features(policy, prompt)}
-                rollout = sampler.sample(policy, Proc(), step_prompt, group_size=args.group_size,
-                                         max_new_tokens=args.max_new_tokens, seed=0)
-            judge_model = policy if reference is None else reference
-            with torch.no_grad(), M.autocast(device, precision), \
-                    (policy.disable_adapter() if reference is None else nullcontext()):
-                # the judge's one forward: the question, options and thought, text only (~prompt + thought tokens)
-                n = rollout["completion_ids"].shape[0]
-                judge_ids = torch.cat([prompt["input_ids"][:1, :args.prompt_text].repeat(n, 1),
-                                       rollout["completion_ids"]], 1)
-                judge_model(input_ids=judge_ids, logits_to_keep=1)
-            rewards = torch.rand(n, device=device)
-            adv = train_grpo.group_advantages(rewards, args.group_size)
-            policy.train()
-            train_grpo.policy_step(policy, reference, opt, sched, params, step_prompt,
-                                   rollout["completion_ids"], rollout["completion_mask"], adv, grpo_args)
-        try:
-            grpo_step()  # warm-up
-            figures[f"grpo_{mode}_step_s"], figures[f"grpo_{mode}_peak_gb"] = measure(grpo_step)
-        except torch.OutOfMemoryError:
-            print(f"Con-GRPO ({mode}): out of GPU memory (full fine-tuning needs train_grpo.py --fsdp on several GPUs)")
-            break
-        print(f"Con-GRPO ({mode}, {args.prompts} prompts x G={args.group_size} x {args.max_new_tokens} new tokens): "
-              f"{figures[f'grpo_{mode}_step_s']:.2f} s, peak {figures[f'grpo_{mode}_peak_gb']:.1f} GiB")
+            def grpo_step():
+                policy.eval()
+                with M.autocast(device, precision):  # the frozen vision tower once a step, as train_grpo.py runs it
+                    step_prompt = {**prompt, "image_features": M.image_features(policy, prompt)}
+                    sync()
+                    start = time.perf_counter()
+                    rollout = sampler.sample(policy, Proc(), step_prompt, group_size=args.group_size, seed=0,
+                                             max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
+                    sync()
+                    seconds["sample"] = time.perf_counter() - start
+                    seconds["capture"] = rollout["capture_s"]
+                judge_model = policy if reference is None else reference
+                with torch.no_grad(), M.autocast(device, precision), \
+                        (policy.disable_adapter() if reference is None else nullcontext()):
+                    # the judge's one forward: the question, options and thought, text only (~prompt + thought tokens)
+                    n = rollout["completion_ids"].shape[0]
+                    judge_ids = torch.cat([prompt["input_ids"][:1, :args.prompt_text].repeat(n, 1),
+                                           rollout["completion_ids"]], 1)
+                    judge_model(input_ids=judge_ids, logits_to_keep=1)
+                adv = train_grpo.group_advantages(torch.rand(n, device=device), args.group_size)
+                policy.train()
+                train_grpo.policy_step(policy, reference, opt, sched, params, step_prompt,
+                                       rollout["completion_ids"], rollout["completion_mask"], adv, grpo_args)
+            name = f"grpo_{mode}_{px}px"
+            try:
+                grpo_step()  # warm-up
+                figures[f"{name}_step_s"], figures[f"{name}_peak_gb"] = measure(grpo_step)
+            except torch.OutOfMemoryError:
+                print(f"Con-GRPO ({mode}, {px} px): out of GPU memory (full fine-tuning needs train_grpo.py --fsdp on "
+                      "several GPUs)")
+                break
+            rows = args.prompts * args.group_size
+            figures[f"{name}_sample_s"] = seconds["sample"]
+            figures[f"{name}_capture_s"] = seconds["capture"]
+            figures[f"{name}_tokens_per_s"] = rows * args.max_new_tokens / seconds["sample"]
+            line = (f"Con-GRPO ({mode}, {px} px, {prompt['input_ids'].shape[1]}-token prompts, {args.prompts} x "
+                    f"G={args.group_size} x {args.max_new_tokens} new tokens): step {figures[f'{name}_step_s']:.2f} s, "
+                    f"peak {figures[f'{name}_peak_gb']:.1f} GiB; rollout {seconds['sample']:.2f} s "
+                    f"({figures[f'{name}_tokens_per_s']:,.0f} tokens/s, CUDA-graph capture {seconds['capture']:.2f} s)")
+            if bytes_per_second:  # each decode step reads every weight once, in bf16 (autocast's casts of fp32 ones)
+                bound = rows * bytes_per_second / (2 * M.count_parameters(policy))
+                figures[f"{name}_bound_fraction"] = figures[f"{name}_tokens_per_s"] / bound
+                line += f", {figures[f'{name}_bound_fraction']:.1%} of the bandwidth bound {bound:,.0f} tokens/s"
+            print(line)
     print(" ".join(f"{k}={v:.3f}" for k, v in figures.items()))
 
 

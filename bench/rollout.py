@@ -15,13 +15,8 @@ import statistics
 import time
 
 import torch
-from common import SIZES, M, data, sampler, tiny_setup
+from common import SIZES, M, bandwidth, data, sampler, sync, tiny_setup
 
-
-
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def timed(fn, repeats):
@@ -34,14 +29,6 @@ def timed(fn, repeats):
         sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def bandwidth() -> float:
-    """Bytes per second a device-to-device copy of 2 GiB moves (read + write)."""
-    x = torch.empty(2**31, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    seconds = timed(lambda: y.copy_(x), 5)
-    return 2 * x.numel() / seconds
 
 
 def main():
@@ -70,9 +57,12 @@ def main():
                             top_k=0, temperature=1.0, top_p=1.0, pad_token_id=tok.pad_token_id,
                             eos_token_id=M.end_token_ids(tok), suppress_tokens=tok.convert_tokens_to_ids(sampler.VISION_TOKENS))
 
+    captured = {}
+
     def ours(net=policy):
         with M.autocast(device, precision):
-            sampler.sample(net, processor, prompt, group_size=G, max_new_tokens=T, min_new_tokens=T, seed=0)
+            out = sampler.sample(net, processor, prompt, group_size=G, max_new_tokens=T, min_new_tokens=T, seed=0)
+        captured.update(graphs=out["graph_captures"], seconds=out["capture_s"])
 
     torch.manual_seed(0)
     t_bare, t_ours = timed(bare, args.repeats), timed(ours, args.repeats)
@@ -81,7 +71,11 @@ def main():
     print(f"{args.prompts} prompts x G={G} x {T} new tokens, {n_params / 1e6:.1f}M parameters, {precision}, {where}")
     print(f"bare generate: {t_bare:.3f} s ({tokens / t_bare:,.0f} tokens/s)   sampler.sample: {t_ours:.3f} s "
           f"({tokens / t_ours:,.0f} tokens/s)   ratio {t_ours / t_bare:.3f}")
-    figures = {"generate_s": t_bare, "sample_s": t_ours, "ratio": t_ours / t_bare, "sample_tokens_per_s": tokens / t_ours}
+    figures = {"generate_s": t_bare, "sample_s": t_ours, "ratio": t_ours / t_bare, "sample_tokens_per_s": tokens / t_ours,
+               "graphs_per_call": captured["graphs"], "capture_s_per_call": captured["seconds"]}
+    if captured["graphs"]:  # every sample() call captures its buckets' graphs anew (sampler.DecodeGraphs)
+        print(f"CUDA graphs: {captured['graphs']} captured a call in {captured['seconds']:.3f} s, "
+              f"{captured['seconds'] / t_ours:.1%} of the call")
     if device == "cuda":
         bw = bandwidth()
         weight_bytes = sum(q.numel() * q.element_size() for q in policy.parameters())

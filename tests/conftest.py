@@ -5,6 +5,7 @@ import sys
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # everything here is built offline; a download attempt is a bug
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")  # before torch loads OpenMP, as the scripts set it (docs/scale.md)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

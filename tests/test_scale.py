@@ -354,3 +354,121 @@ def test_the_head_takes_bf16_inputs_to_fp32_logits_on_a_gpu():
     assert M.MM_TO_FP32 == ("cuda",)
     with pytest.raises(NotImplementedError):  # why the CPU computes the head in fp32
         M.head_product(torch.zeros(2, 4), torch.zeros(3, 4), bf16_inputs=True)
+
+
+# ---- the LM head's bf16 copy, the decode graphs' memory, each step's peak ----
+
+@pytest.fixture()
+def bf16_head_on_cpu(monkeypatch):
+    """The GPU's bf16 head (bf16 inputs, fp32 accumulation) emulated on the CPU, its weight casts counted."""
+    monkeypatch.setattr(M, "MM_TO_FP32", ("cuda", "cpu"))
+    monkeypatch.setattr(M, "_mm_fp32", lambda a, b: torch.mm(a.float(), b.float()))
+    casts, real = [], M._cast_bf16
+    monkeypatch.setattr(M, "_cast_bf16", lambda weight: casts.append(weight._version) or real(weight))
+    return casts
+
+
+def test_the_lm_head_is_cast_to_bf16_once_a_sampled_batch(bf16_head_on_cpu, tiny, records):
+    casts = bf16_head_on_cpu
+    policy, processor = tiny
+    M.fp32_logits(policy)
+    prompt = data.prompt_batch(processor, records[:2])
+    with M.autocast("cpu", "bf16"):
+        out = sampler.sample(policy, processor, prompt, group_size=4, max_new_tokens=12, min_new_tokens=12, seed=0)
+        assert out["completion_ids"].shape[1] == 12 and casts == [0]  # a prefill and 11 decode forwards: one copy
+        policy(**prompt, logits_to_keep=1)
+        policy(**prompt, logits_to_keep=1)
+    assert len(casts) == 3  # outside a sample() call, each forward casts
+
+
+@pytest.mark.parametrize("mode, iterations, expected", [("lora", 2, 1), ("full", 1, 2), ("full", 2, 3)])
+def test_the_lm_head_is_cast_to_bf16_once_a_loss_step(bf16_head_on_cpu, sft5, records, mode, iterations, expected):
+    """A loss step casts the head once: a LoRA's π_θ and π_SFT (adapter off) share one frozen head, whatever μ; a full
+    fine-tune casts π_SFT's once and π_θ's again after each update (its tied head is trained: the copy follows the
+    weight's version)."""
+    casts = bf16_head_on_cpu
+    sft, processor = M.load_model(sft5, device="cpu")
+    policy, reference = (M.add_lora(sft, 4, 8, 0.0), None) if mode == "lora" else (sft.requires_grad_(True), M.load_model(sft5, device="cpu")[0])
+    for net in (policy, reference):
+        if net is not None:
+            M.fp32_logits(net)
+    prompt = data.prompt_batch(processor, records[:2])
+    rollout = sampler.sample(policy, processor, prompt, group_size=2, max_new_tokens=8, seed=0)  # fp32: no cast
+    assert casts == []
+    args = train_grpo.parse_args(["--data", "-", "--group-size", "2", "--micro-batch", "2", "--precision", "bf16",
+                                  "--iterations", str(iterations)])
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-3)
+    train_grpo.policy_step(policy, reference, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"), params, prompt,
+                           rollout["completion_ids"], rollout["completion_mask"], torch.tensor([1.0, -1.0, 0.5, -0.5]),
+                           args)  # two micro-batches a pass, μ passes
+    assert len(casts) == expected
+
+
+def test_decode_graphs_share_one_pool_and_free_each_bucket_as_decoding_moves_on():
+    import gc
+    import weakref
+
+    class Graph:
+        replays = 0
+
+        def replay(self):
+            self.replays += 1
+
+    made, pools = [], []
+
+    def capture(step, pool):
+        made.append(Graph())
+        pools.append(pool)
+        return made[-1], f"logits of graph {len(made)}"
+
+    graphs = sampler.DecodeGraphs(step=None, capture=capture, new_pool=object)
+    outs = [graphs(live) for live in (128, 128, 256, 256, 256, 384)]
+    assert outs == ["logits of graph 1"] * 2 + ["logits of graph 2"] * 3 + ["logits of graph 3"]
+    assert graphs.captures == 3 and len({id(p) for p in pools}) == 1  # one pool for every bucket
+    alive = [weakref.ref(g) for g in made]
+    replays = [g.replays for g in made]
+    del made[:]
+    gc.collect()
+    assert [r() is not None for r in alive] == [False, False, True] and replays == [2, 3, 1]  # only the current bucket
+    failed = sampler.DecodeGraphs(step=None, capture=lambda step, pool: (None, None), new_pool=object)
+    assert failed(128) is None  # a model that cannot be captured: the caller decodes eagerly
+
+
+def test_sampling_through_decode_graphs_decodes_what_the_eager_loop_does(tiny, records, monkeypatch):
+    """sample() with its CUDA-graph path on, each graph faked by a replay that reruns the step into the captured
+    output: the same tokens and log-probs as the eager loop, one capture a bucket of live length."""
+    policy, processor = tiny
+    prompt = data.prompt_batch(processor, records[:2])
+
+    class Replay:
+        def __init__(self, step):
+            self.step, self.out = step, step()
+
+        def replay(self):
+            self.out.copy_(self.step())
+
+    def capture(step, pool):
+        graph = Replay(step)
+        return graph, graph.out
+
+    monkeypatch.setattr(sampler, "_capture", capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", object)
+    monkeypatch.setattr(sampler, "BUCKET", 16)
+    eager = sampler.sample(policy, processor, prompt, group_size=3, max_new_tokens=40, min_new_tokens=40, seed=0)
+    graphed = sampler.sample(policy, processor, prompt, group_size=3, max_new_tokens=40, min_new_tokens=40, seed=0,
+                             cuda_graph=True)
+    P = prompt["input_ids"].shape[1]
+    buckets = len({-(-(P + t + 1) // 16) for t in range(39)})
+    assert eager["graph_captures"] == 0 and graphed["graph_captures"] == buckets > 2
+    assert torch.equal(eager["completion_ids"], graphed["completion_ids"])
+    torch.testing.assert_close(eager["logprobs"], graphed["logprobs"], atol=0, rtol=0)
+
+
+def test_peak_memory_is_each_steps_own():
+    run.reset_peak_memory()
+    x = torch.ones(64 * 2**20)  # 256 MiB, touched
+    high = run.peak_memory_gb()
+    del x
+    run.reset_peak_memory()
+    assert run.peak_memory_gb() < high - 0.2  # the step after a large one does not report its peak
