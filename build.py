@@ -143,6 +143,15 @@ def _window(row: dict) -> tuple[float, float] | None:
     return centre, width
 
 
+def split_counts(train: list[dict], test: list[dict]) -> dict:
+    """Per source and side, how many patients, images and questions."""
+    return {source: {side: {"patients": len({r["patient"] for r in rs if r["source"] == source}),
+                            "images": len({r["image"] for r in rs if r["source"] == source}),
+                            "questions": sum(r["source"] == source for r in rs)}
+                     for side, rs in (("train", train), ("test", test))}
+            for source in sorted({r["source"] for r in train + test})}
+
+
 def distractor_pools(rows: list[dict], vocab: dict | None = None, builtin: bool = True) -> tuple[dict, dict]:
     """The values each field's options are drawn from, and where each came from. A field's pool is the manifest's
     values, then --vocab's; MedAD-38K's own (BUILTIN_VOCAB) join for anatomy and modality, and for pathology when it
@@ -188,20 +197,28 @@ def gather(manifest: str | None, sources: list[tuple[str, str]], staging: str, d
 
 
 def slice_volumes(rows: list, staging: str, more: int, normal: int) -> tuple[list, list, dict]:
-    """Volume rows become rows of axial slices (PNG in `staging`), one volume in memory at a time; 2D rows stay."""
+    """Volume rows become rows of axial slices (PNG in `staging`), one volume in memory at a time; 2D rows stay. A
+    volume whose mask holds none of its lesion labels gives normal slices (LiTS's tumour-free livers); lesion labels
+    that match nothing in any volume of a manifest or recipe are an error, named once for it."""
     from tqdm import tqdm
-    out, errors, seconds = [], [], []
+    out, errors, seconds, found = [], [], [], {}
     todo = [item for item in rows if volumes.is_volume(os.path.join(item[1], item[2]["image"]))]
     for where, folder, row in tqdm(todo, desc="volumes", disable=not todo, dynamic_ncols=True):
         start, image = time.time(), os.path.join(folder, row["image"])
-        masks = _paths(folder, row.get("mask"))
+        masks, wanted = _paths(folder, row.get("mask")), recipes.lesion_rule(row)[0]
         try:
-            cut = volumes.slices(image, masks[0] if masks else None, modality=row["modality"], anatomy=row["anatomy"],
-                                 lesion_labels=recipes.lesion_rule(row)[0], window_override=_window(row), more=more,
-                                 normal=normal)
+            cut, present = volumes.slices(image, masks[0] if masks else None, modality=row["modality"],
+                                          anatomy=row["anatomy"], lesion_labels=wanted, window_override=_window(row),
+                                          more=more, normal=normal)
         except ValueError as e:
             errors.append(f"{where}: {'mask' if masks and masks[0] in str(e) else 'image'}: {e}")
             continue
+        if masks and wanted:  # per manifest or recipe: the labels asked for, the labels seen, whether any matched
+            group = found.setdefault(where.split(": ")[0] if where.startswith("--recipe") else where.rsplit(":", 1)[0],
+                                     {"wanted": set(), "seen": set(), "volumes": 0, "matched": False})
+            group.update(volumes=group["volumes"] + 1, matched=group["matched"] or bool(set(present) & set(wanted)))
+            group["wanted"] |= set(wanted)
+            group["seen"] |= set(present)
         stem = os.path.basename(image.rstrip("/")).split(".")[0]
         for s in cut:
             name = f"{len(out):06d}-{stem}-z{s['z']:03d}"
@@ -217,8 +234,11 @@ def slice_volumes(rows: list, staging: str, more: int, normal: int) -> tuple[lis
                 piece.pop("pathology", None)
             out.append((f"{where} (slice {s['z']})", staging, piece))
         seconds.append(time.time() - start)
-    stats = {"volumes": len(todo) - len(errors), "slices": len(out),
+    stats = {"volumes": len(seconds), "slices": len(out),
              "seconds_per_volume": round(float(np.mean(seconds)), 2) if seconds else None}
+    errors += [f"{group}: lesion_labels: {sorted(g['wanted'])} match nothing in any of its {g['volumes']} label volumes, "
+               f"whose labels are {sorted(g['seen'])}: give the lesion's values (--lesion-labels or a lesion_labels column)"
+               for group, g in found.items() if not g["matched"]]
     return [item for item in rows if not volumes.is_volume(os.path.join(item[1], item[2]["image"]))] + out, errors, stats
 
 
@@ -303,6 +323,7 @@ def _build(manifest, out, seed, test_frac, vocab, builtin_vocab, sources, stagin
     train, test = split_by_patient(records, test_frac, seed)
     write_jsonl(os.path.join(out, "train.jsonl"), train)
     write_jsonl(os.path.join(out, "test.jsonl"), test)
+    summary["split_by_source"] = split_counts(train, test)  # no patient on both sides: the promise a benchmark rests on
     count = lambda key: dict(sorted(Counter(r[key] for r in records).items()))  # noqa: E731
     summary.update({"train": len(train), "test": len(test), "questions_per_task": count("task"),
                     "questions_per_source": count("source"), "questions_per_modality": count("modality"),
@@ -350,11 +371,14 @@ def main(argv=None):
                          "--recipe")
     if not (args.manifest or args.recipe) or not args.out:
         raise SystemExit("build.py: give --out and a --manifest, one or more --recipe NAME --root DIR, or both")
-    summary = build(args.manifest, args.out, args.seed, args.test_frac,
-                    json.load(open(args.vocab, encoding="utf-8-sig")) if args.vocab else None,
-                    builtin_vocab=not args.no_builtin_vocab, sources=list(zip(args.recipe, args.root)),
-                    lesion_labels=args.lesion_labels, label_pathology=args.label_pathology, window=args.window,
-                    slices_per_volume=args.slices_per_volume, normal_slices=args.normal_slices)
+    try:
+        summary = build(args.manifest, args.out, args.seed, args.test_frac,
+                        json.load(open(args.vocab, encoding="utf-8-sig")) if args.vocab else None,
+                        builtin_vocab=not args.no_builtin_vocab, sources=list(zip(args.recipe, args.root)),
+                        lesion_labels=args.lesion_labels, label_pathology=args.label_pathology, window=args.window,
+                        slices_per_volume=args.slices_per_volume, normal_slices=args.normal_slices)
+    except ValueError as e:  # every problem of the manifest and the recipes, one a line; nothing was written
+        raise SystemExit(f"build.py: {e}") from None
     print(json.dumps(summary, indent=2))
 
 

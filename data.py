@@ -96,10 +96,13 @@ def read_image(path: str) -> Image.Image:
 
 
 def read_labels(path: str) -> np.ndarray:
-    """A mask image's values as a 2D integer array (the largest of its channels: a colour mask counts where any is)."""
+    """A mask image's values as a 2D integer array: the largest of its colour channels (a colour mask counts where any
+    is), never its alpha channel (an opaque RGBA mask, as some of BUSI's are, would be lesion everywhere)."""
     with Image.open(path) as image:
-        values = np.asarray(image)
-    return (values.max(-1) if values.ndim == 3 else values).astype(np.int64)
+        bands, values = image.getbands(), np.asarray(image)
+    if values.ndim == 3:
+        values = values[..., [i for i, band in enumerate(bands) if band != "A"]].max(-1)
+    return values.astype(np.int64)
 
 
 def read_mask(path: str, lesion_labels=None, threshold: int = 1) -> np.ndarray:

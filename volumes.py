@@ -110,15 +110,17 @@ def same_grid(image, mask) -> str | None:
 
 
 def display(image, labels: bool = False) -> np.ndarray:
-    """The volume as an array [z, rows, cols] of axial slices in the radiological display, in-plane pixels square."""
+    """The volume as an array [z, rows, cols] of axial slices in the radiological display, in-plane pixels square
+    (what the resampling reaches beyond the original grid is the volume's minimum, air on CT, not 0: water)."""
     sitk = simpleitk()
     image = sitk.DICOMOrient(image, "LPS")
     sx, sy, sz = image.GetSpacing()
     if not np.isclose(sx, sy, rtol=1e-3):
         s = min(sx, sy)
         size = [round(image.GetSize()[0] * sx / s), round(image.GetSize()[1] * sy / s), image.GetSize()[2]]
+        outside = 0.0 if labels else float(sitk.GetArrayViewFromImage(image).min())
         image = sitk.Resample(image, size, sitk.Transform(), sitk.sitkNearestNeighbor if labels else sitk.sitkLinear,
-                              image.GetOrigin(), (s, s, sz), image.GetDirection(), 0, image.GetPixelID())
+                              image.GetOrigin(), (s, s, sz), image.GetDirection(), outside, image.GetPixelID())
     return sitk.GetArrayFromImage(image)
 
 
@@ -138,16 +140,17 @@ def to_uint8(plane: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def choose_slices(lesion_area: np.ndarray, foreground: np.ndarray, more: int, normal: int) -> tuple[list, list]:
     """(lesion slices, normal slices) of one volume: the slice of largest lesion area always, plus up to `more` lesion
-    slices spread evenly over the lesion's extent; up to `normal` lesion-free slices spread over those with content
-    (a tenth of their pixels above the window's tenth), as normal examples."""
+    slices spread evenly inside the lesion's extent (not its two end slices, its smallest cross-sections); up to
+    `normal` lesion-free slices spread over those with content (a tenth of their pixels above the window's tenth), as
+    normal examples, away from the ends too."""
     lesion = np.flatnonzero(lesion_area > 0)
     chosen = []
     if len(lesion):
         chosen = [int(np.argmax(lesion_area))]
-        others = [z for z in lesion if z != chosen[0]]
-        if others and more:
-            picks = np.linspace(0, len(others) - 1, min(more, len(others))).round().astype(int)
-            chosen += [int(others[i]) for i in dict.fromkeys(picks)]
+        inside = [z for z in lesion[1:-1] if z != chosen[0]]
+        if inside and more:
+            picks = np.linspace(0, len(inside) - 1, min(more, len(inside))).round().astype(int)
+            chosen += [int(inside[i]) for i in dict.fromkeys(picks)]
     free = [z for z in np.flatnonzero((lesion_area == 0) & (foreground >= 0.1))]
     normals = []
     if free and normal:
@@ -157,10 +160,12 @@ def choose_slices(lesion_area: np.ndarray, foreground: np.ndarray, more: int, no
 
 
 def slices(image_path: str, mask_path: str | None, *, modality: str, anatomy: str, lesion_labels=None,
-           window_override=None, more: int = 2, normal: int = 1) -> list[dict]:
+           window_override=None, more: int = 2, normal: int = 1) -> tuple[list[dict], list[int]]:
     """The axial slices to ask of one volume (choose_slices), each {"z", "pixels": uint8 [rows, cols], "lesion": bool
-    mask or None, "label": the most frequent lesion label on it or None}. A mask is a label volume on the image's grid;
-    `lesion_labels` says which of its values are lesion (None: any nonzero). ValueError saying what is wrong."""
+    mask or None, "label": the most frequent lesion label on it or None}, and the label values its mask holds. A mask
+    is a label volume on the image's grid; `lesion_labels` says which of its values are lesion (None: any nonzero): a
+    mask that holds none of them is a lesion-free volume (LiTS's without tumour), whose slices are normal examples.
+    ValueError saying what is wrong."""
     image = read(image_path)
     volume = display(image).astype(np.float32)
     if np.isnan(volume).any():
@@ -172,10 +177,6 @@ def slices(image_path: str, mask_path: str | None, *, modality: str, anatomy: st
         if problem:
             raise ValueError(f"the mask {mask_path} lies {problem}")
         labels = display(mask, labels=True).astype(np.int64)
-        present = set(np.unique(labels).tolist()) - {0}
-        if lesion_labels and present and not present & set(lesion_labels):
-            raise ValueError(f"the lesion labels {sorted(lesion_labels)} match nothing in {mask_path}, whose labels are "
-                             f"{sorted(present)}")
     lesion = (np.isin(labels, list(lesion_labels)) if lesion_labels else labels != 0) if labels is not None else \
         np.zeros(volume.shape, dtype=bool)
     lo, hi = window(volume, modality, anatomy, window_override)
@@ -186,4 +187,4 @@ def slices(image_path: str, mask_path: str | None, *, modality: str, anatomy: st
         on = labels[z][lesion[z]] if z in chosen else None
         out.append({"z": z, "pixels": to_uint8(volume[z], lo, hi), "lesion": lesion[z] if z in chosen else None,
                     "label": int(np.bincount(on).argmax()) if on is not None and on.size else None})
-    return out
+    return out, sorted(set(np.unique(labels).tolist()) - {0}) if labels is not None else []

@@ -85,9 +85,12 @@ def test_square_pixels_and_the_slices_chosen(tmp_path):
     assert shown.shape == (12, 64, 32)  # rows resampled to 0.5 mm: square pixels
     cut = volumes.slices(str(tmp_path / "v.mha"), str(tmp_path / "m.mha"), modality="MRI", anatomy="Brain", more=2,
                          normal=2)
+    cut, present = cut
     lesion = [s["z"] for s in cut if s["lesion"] is not None]
     normal = [s["z"] for s in cut if s["lesion"] is None]
-    assert 5 in lesion and len(lesion) == 3 and set(lesion) <= {3, 4, 5, 6}  # the largest, then spread over 3-6
+    assert present == [1]
+    # the largest (5), and one inside the extent 3-6: not its end slices, its smallest cross-sections
+    assert sorted(lesion) == [4, 5]
     assert len(normal) == 2 and not set(normal) & {3, 4, 5, 6}  # lesion-free slices, as normal examples
     assert all(s["lesion"].shape == s["pixels"].shape == (64, 32) for s in cut if s["lesion"] is not None)
 
@@ -149,7 +152,6 @@ def bad_volumes(tmp_path):
     ("cut.nii.gz", "", {}, "image", "cannot read"),
     ("two", "", {}, "image", "holds 2 DICOM series"),
     ("gap", "", {}, "image", "misses slices"),
-    ("ok.nii.gz", "ok_seg.nii.gz", {"lesion_labels": "7"}, "mask", r"lesion labels \[7\] match nothing"),
     ("missing.nii.gz", "", {}, "image", "file not found"),
 ])
 def test_each_bad_volume_names_manifest_line_and_field_and_nothing_is_written(tmp_path, image, mask, extra, field, words):
@@ -175,3 +177,34 @@ def test_a_volume_without_a_lesion_gives_normal_slices(tmp_path):
     anomaly = [r for r in records if r["task"] == "anomaly"]
     assert len(anomaly) == 3 and all(r["options"][data.LETTERS.index(r["answer"])] == "Normal" for r in anomaly)
     assert {r["patient"] for r in records} == {"p1"} and summary["volumes"]["slices"] == 3
+
+
+def test_a_volume_whose_mask_holds_no_lesion_label_gives_normal_slices(tmp_path):
+    """LiTS: 13 livers hold no tumour (label 1 only). Such a volume gives normal slices; only labels that match nothing
+    in any volume of the manifest are an error, named once."""
+    image, labels = brain()
+    tumour = labels.copy() * 2  # 2: the tumour, on slices 3-6
+    tumour[1:8, 14:30, 14:30] = np.where(tumour[1:8, 14:30, 14:30] == 0, 1, tumour[1:8, 14:30, 14:30])  # 1: liver
+    liver_only = np.where(tumour == 2, 1, tumour)
+    for name, a in (("v.nii.gz", image), ("t.nii.gz", tumour), ("l.nii.gz", liver_only)):
+        sitk.WriteImage(volume(a), str(tmp_path / name))
+    summary, records = built(tmp_path, [row("v.nii.gz", "t.nii.gz", patient="p1", lesion_labels="2"),
+                                        row("v.nii.gz", "l.nii.gz", patient="p2", lesion_labels="2")])
+    answers = {(r["patient"], r["options"][data.LETTERS.index(r["answer"])]) for r in records if r["task"] == "anomaly"}
+    assert ("p1", "Abnormal") in answers and ("p2", "Abnormal") not in answers and ("p2", "Normal") in answers
+    (tmp_path / "out").rename(tmp_path / "first")
+    with pytest.raises(ValueError, match=r"m.csv: lesion_labels: \[7\] match nothing in any of its 2 label volumes, "
+                                         r"whose labels are \[1, 2\]") as error:
+        built(tmp_path, [row("v.nii.gz", "t.nii.gz", patient="p1", lesion_labels="7"),
+                         row("v.nii.gz", "l.nii.gz", patient="p2", lesion_labels="7")])
+    assert str(error.value).count("match nothing") == 1 and not os.path.exists(tmp_path / "out")
+
+
+def test_the_square_pixel_resample_fills_outside_the_grid_with_the_volumes_minimum(tmp_path):
+    """Columns of 0.5 mm and rows of 1 mm: the rows are resampled to 0.5 mm, and the last one lies beyond the original
+    grid. It is air (-1000 HU) as around it, not 0 (water, a grey strip on CT)."""
+    ct = np.full((3, 8, 8), -1000, np.int16)
+    ct[:, 2:6, 2:6] = 40
+    sitk.WriteImage(volume(ct, spacing=(0.5, 1.0, 2.0)), str(tmp_path / "ct.mha"))
+    shown = volumes.display(volumes.read(str(tmp_path / "ct.mha")))
+    assert shown.shape == (3, 16, 8) and shown[:, -1].max() == -1000
