@@ -47,9 +47,9 @@ def answer(policy, processor, records: list[dict], *, judge=None, seed: int | No
                          "judge": scored["judge_letters"][j],
                          "consistent": None if judge is None else scored["consistency"][j].item() == 1.0,
                          "stated": scored["stated"][j].item() == 1.0,
-                         "completion_tokens": lengths[j], "truth_text": r["options"]["ABCD".index(r["answer"])],
-                         "predicted_text": r["options"]["ABCD".index(letter)] if letter else None,
-                         "source": r.get("source"), "modality": r.get("modality")})
+                         "completion_tokens": lengths[j], "truth_text": r["options"][data.LETTERS.index(r["answer"])],
+                         "predicted_text": r["options"][data.LETTERS.index(letter)] if letter else None,
+                         "source": r.get("source"), "modality": r.get("modality"), "qid": r.get("qid")})
     return rows
 
 
@@ -59,9 +59,16 @@ def rate(rows, key):
     return float(np.mean(values)) if values else None
 
 
+def tasks_of(rows: list[dict]) -> list[str]:
+    """The rows' tasks in Table 1's order: the paper's five, all of them, where any MedAD task is present (a task
+    without questions is then None, "–" in the table), then a converted benchmark's own question types, sorted."""
+    present = {r["task"] for r in rows}
+    return (list(TASK_NAMES) if present & set(TASK_NAMES) else []) + sorted(present - set(TASK_NAMES))
+
+
 def metrics(rows: list[dict]) -> dict:
     """The numbers of one model and one seed, from its rows (docs/metrics.md, "What the metrics count")."""
-    out = {task: rate([r for r in rows if r["task"] == task], "correct") for task in TASK_NAMES}
+    out = {task: rate([r for r in rows if r["task"] == task], "correct") for task in tasks_of(rows)}
     out["overall"] = rate(rows, "correct")  # all correct answers over all questions, not a mean of the tasks
     out["format_rate"] = rate(rows, "format_ok")
     out["consistency_rate"] = rate(rows, "consistent")  # over every question: an unparseable answer is inconsistent

@@ -8,6 +8,8 @@ are beside it: `build.py` (from labelled images) and `synth.py` (a synthetic set
 One JSON object a line; image paths are relative to the JSONL file's folder:
     {"id": ..., "image": "images/x.png", "task": "localization", "question": ..., "options": [4 strings],
      "answer": "B", "cot": ..., "source": ..., "modality": ..., "anatomy": ..., "patient": ..., "mask": ...}
+A public benchmark converted by benchmarks.py names itself in `benchmark`: its `task` is then its own question type,
+its `options` 2 to 10 strings (letters A, B, ...), and `qid` its own question id.
 """
 import argparse
 import json
@@ -18,13 +20,14 @@ import numpy as np
 from PIL import Image
 
 TASKS = ("anatomy", "modality", "anomaly", "pathology", "localization")  # the paper's five diagnostic axes
-LETTERS = "ABCD"
+LETTERS = "ABCDEFGHIJ"  # a MedAD question has four options (A-D); a converted benchmark's up to ten
 REGIONS = ("Left Upper", "Right Upper", "Left Lower", "Right Lower", "Center Region")  # Figure 4
 ANOMALY_OPTIONS = ("Abnormal", "Normal", "Artifact only", "Indeterminate")  # "Abnormal" is the positive answer
 SYSTEM_PROMPT = ("You are a medical imaging expert. First reason step by step about the visual evidence inside "
                  "<think> </think>, then give the letter of the correct option inside <answer> </answer>.")
 REQUIRED = {"id": str, "image": str, "task": str, "question": str, "options": list, "answer": str}
-OPTIONAL = {"cot": str, "source": str, "modality": str, "anatomy": str, "patient": str, "mask": str}
+OPTIONAL = {"cot": str, "source": str, "modality": str, "anatomy": str, "patient": str, "mask": str, "benchmark": str,
+            "qid": str}
 MAX_ERRORS = 50
 
 
@@ -49,7 +52,7 @@ def text_lines(path: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]
     return lines, errors
 
 
-def _record_problems(record) -> list[tuple[str, str]]:
+def record_problems(record) -> list[tuple[str, str]]:
     """(field, problem) pairs for one parsed JSONL record, its files aside; empty when it is valid."""
     if not isinstance(record, dict):
         return [("-", "a line must be a JSON object")]
@@ -62,15 +65,18 @@ def _record_problems(record) -> list[tuple[str, str]]:
             problems.append((field, f"must be a {kind.__name__}, got {type(record[field]).__name__}"))
     if problems:
         return problems
-    if record["task"] not in TASKS:
-        problems.append(("task", f"unknown task {record['task']!r}; expected one of {', '.join(TASKS)}"))
-    options = record["options"]
-    if len(options) != 4 or not all(isinstance(o, str) and o.strip() for o in options):
-        problems.append(("options", "must be exactly 4 non-empty strings"))
-    elif len({same_text(o) for o in options}) != 4:
-        problems.append(("options", f"must be 4 distinct options, case and spaces aside: {options}"))
-    if record["answer"] not in tuple(LETTERS):
-        problems.append(("answer", f"must be one letter of A, B, C, D, got {record['answer']!r}"))
+    options, benchmark = record["options"], "benchmark" in record  # a converted benchmark: its own types, 2-10 options
+    if not record["task"].strip() if benchmark else record["task"] not in TASKS:
+        problems.append(("task", "must not be empty" if benchmark else
+                         f"unknown task {record['task']!r}; expected one of {', '.join(TASKS)}"))
+    sizes, what = (range(2, len(LETTERS) + 1), "2 to 10") if benchmark else ((4,), "exactly 4")
+    if len(options) not in sizes or not all(isinstance(o, str) and o.strip() for o in options):
+        problems.append(("options", f"must be {what} non-empty strings"))
+    elif len({same_text(o) for o in options}) != len(options):
+        problems.append(("options", f"must be {len(options)} distinct options, case and spaces aside: {options}"))
+    letters = LETTERS[:len(options)] if len(options) in sizes else LETTERS[:4]
+    if record["answer"] not in tuple(letters):
+        problems.append(("answer", f"must be one letter of {', '.join(letters)}, got {record['answer']!r}"))
     return problems
 
 
@@ -148,7 +154,7 @@ def load_jsonl(path: str) -> list[dict]:
         except json.JSONDecodeError as e:
             errors.append((lineno, f"{path}:{lineno}: -: invalid JSON ({e.msg} at column {e.colno})"))
             continue
-        problems = _record_problems(record)
+        problems = record_problems(record)
         errors += [(lineno, f"{path}:{lineno}: {field}: {problem}") for field, problem in problems]
         if not problems:
             record["where"] = f"{path}:{lineno}"

@@ -143,8 +143,8 @@ def table(title: str, columns: list[tuple[str, str]], results: list[dict], neste
     return lines
 
 
-def tables(results: list[dict], judge_line: str) -> str:
-    tasks = list(answers.TASK_NAMES.items()) + [("overall", "Overall")]
+def tables(results: list[dict], judge_line: str, tasks: list[str]) -> str:
+    tasks = [(t, answers.TASK_NAMES.get(t, t)) for t in tasks] + [("overall", "Overall")]
     lines = [judge_line] + table("Table 1: accuracy (%), mean ± std over seeds", tasks, results)
     lines += table("Beyond the paper (rates in %, length in tokens)", EXTRA, results)
     lines += table("What the consistency reward rewards (%)", STATED, results) + ["", COUNTS]
@@ -163,7 +163,7 @@ def main(argv=None):
     records = data.load_jsonl(args.data)
     records = records[:args.limit] if args.limit else records
     judge_path, how = choose_judge(args.judge, args.ckpt)
-    anomaly_answers = {data.same_text(r["options"]["ABCD".index(r["answer"])]) for r in records if r["task"] == "anomaly"}
+    anomaly_answers = {data.same_text(r["options"][data.LETTERS.index(r["answer"])]) for r in records if r["task"] == "anomaly"}
     if anomaly_answers and not anomaly_answers & {data.same_text(answers.ABNORMAL), data.same_text(answers.NORMAL)}:
         print(f"evaluate.py: warning: no anomaly question of {args.data} has \"{answers.ABNORMAL}\" or "
               f"\"{answers.NORMAL}\" as its answer; anomaly sensitivity and specificity are left blank")
@@ -206,7 +206,7 @@ def main(argv=None):
     json.dump(report, open(os.path.join(args.out, "results.json"), "w"), indent=2)
     data.write_jsonl(os.path.join(args.out, "predictions.jsonl"), predictions)
     note = "Greedy decoding: the std over seeds is 0 by construction.\n\n" if args.temperature == 0 else ""
-    text = note + tables(results, judge_line)
+    text = note + tables(results, judge_line, answers.tasks_of(records))
     open(os.path.join(args.out, "results.md"), "w", encoding="utf-8").write(text)
     print(text)
     return report

@@ -5,18 +5,19 @@ Imports nothing from the project, so it can be copied alone into another experim
     R(Y) = λ_fmt R_fmt(Y) + λ_acc R_acc(A, A*) + λ_con R_con(T, A, Q)                          (Eq. 3)
 
 R_con asks a judge F to deduce the answer from the thought T and the question Q alone (no image, no answer):
-R_con = 1 iff F(T, Q) = A, the model's own answer (Eq. 6). The judge scores the next-token logits of the four
-option letters in one batched forward pass, without generation: deterministic and cheap.
+R_con = 1 iff F(T, Q) = A, the model's own answer (Eq. 6). The judge scores the next token's log-probability of
+each option letter (A-D in MedAD; up to J in a converted benchmark) in one batched forward pass, without
+generation: deterministic and cheap.
 """
 import re
 from contextlib import nullcontext
 
 import torch
 
-LETTERS = "ABCD"
+LETTERS = "ABCDEFGHIJ"  # four options in MedAD, up to ten in a converted benchmark
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _FORMAT = re.compile(r"\s*<think>(.*)</think>\s*<answer>(.*)</answer>\s*", re.S)
-_LETTER = re.compile(r"\(?([A-D])\)?[.:]?(?:\s+(.*))?", re.S)  # B, B., (B), B), B: and what follows: B. Left Upper
+_LETTER = re.compile(r"\(?([A-J])\)?[.:]?(?:\s+(.*))?", re.S)  # B, B., (B), B), B: and what follows: B. Left Upper
 # Qwen's special tokens all read <|...|> (<|im_start|>, <|box_start|>, <|image_pad|>, ...); others can be given
 SPECIAL = re.compile(r"<\|[^|<>\s]+\|>")
 JUDGE_SYSTEM = ("You are a careful medical expert. Read the question, its options and the reasoning, then give the "
@@ -56,7 +57,8 @@ def _same(text: str) -> str:
 def parse_answer(answer_text: str | None, options: list[str]) -> str | None:
     """The option letter an answer names: one option's text (case and spaces aside), or a letter (B, B., (B), B), B:)
     followed by nothing or by that letter's own option text ("B. Right Upper" when B is Right Upper); None when it
-    names none or more than one ("A or B", "A: no, it is B", "B. Left Upper" when B is Right Upper)."""
+    names none or more than one ("A or B", "A: no, it is B", "B. Left Upper" when B is Right Upper), or a letter beyond
+    the options ("E" of four)."""
     if answer_text is None:
         return None
     text = answer_text.strip()
@@ -67,6 +69,8 @@ def parse_answer(answer_text: str | None, options: list[str]) -> str | None:
     if not match:
         return None
     letter, rest = match.group(1), (match.group(2) or "").strip().rstrip(".").strip()
+    if LETTERS.index(letter) >= len(options):
+        return None
     return letter if not rest or _same(rest) == _same(options[LETTERS.index(letter)]) else None
 
 
@@ -102,7 +106,7 @@ def stated_conclusion(thought: str | None, options: list[str], letter: str | Non
     """Does the thought state the conclusion it leads to: name the chosen option's text (case and spaces aside) or
     announce its letter ("the answer is B", "option B", "(B)")? A judge can then copy the answer rather than
     follow the reasoning (docs/consistency.md)."""
-    if not thought or letter is None:
+    if not thought or letter is None or LETTERS.index(letter) >= len(options):
         return False
     if _same(options[LETTERS.index(letter)]) in _same(thought):
         return True
@@ -132,25 +136,26 @@ class Judge:
         self.model, self.tokenizer = model, tokenizer
         self.max_thought_tokens, self.disable_adapter = max_thought_tokens, disable_adapter
         self.batch_tokens = batch_tokens  # rows x padded length of one forward: a bound on the judge's memory
-        self.letter_ids = self._letter_ids()
+        self.letters = self._letter_tokens(4)
 
-    def _letter_ids(self) -> list[int]:
-        """The token each letter adds after the prompt. A tokenizer may fuse the letter with the '>' before it
-        (Qwen's pre-tokenizer splits '>A' as one piece); then the candidates are those fused tokens."""
-        probe = judge_prompt(self.tokenizer, "Q?", ["w", "x", "y", "z"], "T.")
+    def _letter_tokens(self, n: int) -> list[tuple[int, int]]:
+        """(token, fused) of each of the first n letters after the prompt: the token a letter adds, and 1 where the
+        tokenizer fuses it with the prompt's last token ('>A' is one piece for Qwen's pre-tokenizer) so that its
+        log-probability is read one position earlier, 0 where it follows that token."""
+        probe = judge_prompt(self.tokenizer, "Q?", [f"option {i}" for i in range(n)], "T.")
         alone = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
-        encoded = [self.tokenizer(probe + letter, add_special_tokens=False)["input_ids"] for letter in LETTERS]
-        heads, last = {tuple(ids[:-1]) for ids in encoded}, [ids[-1] for ids in encoded]
-        one_token = len(heads) == 1 and list(heads.pop()) in (alone, alone[:-1])  # alone[:-1]: fused with '>'
-        if not one_token or len(set(last)) != 4:
-            tails = {letter: ids[len(alone) - 1:] for letter, ids in zip(LETTERS, encoded)}
-            raise ValueError(f"the judge's tokenizer does not spell the letters A-D in one token each after "
-                             f"'<answer>' (token ids from the prompt's last token on: {tails}); use another judge")
-        return last
-
-    def _context(self, prompt: str) -> list[int]:
-        # tokenize with a letter appended and drop it: the context a fused letter token continues from
-        return self.tokenizer(prompt + "A", add_special_tokens=False)["input_ids"][:-1]
+        out = []
+        for letter in LETTERS[:n]:
+            ids = self.tokenizer(probe + letter, add_special_tokens=False)["input_ids"]
+            fused = 0 if ids[:-1] == alone else 1 if ids[:-1] == alone[:-1] else None
+            if fused is None or (fused and ids[-1] == alone[-1]):
+                raise ValueError(f"the judge's tokenizer does not spell the letter {letter} in one token after "
+                                 f"'<answer>' (token ids from the prompt's last token on: {ids[len(alone) - 1:]}); "
+                                 "use another judge")
+            out.append((ids[-1], fused))
+        if len({token for token, _ in out}) != n:
+            raise ValueError(f"the judge's tokenizer gives two letters of A-{LETTERS[n - 1]} one token; use another judge")
+        return out
 
     def _truncate(self, thought: str) -> str:
         ids = self.tokenizer(thought, add_special_tokens=False)["input_ids"]
@@ -158,19 +163,25 @@ class Judge:
             self.tokenizer.decode(ids[-self.max_thought_tokens:])  # keep the end: the conclusion
 
     def letter_logits(self, questions: list[str], options: list[list[str]], thoughts: list[str]) -> torch.Tensor:
-        """The next-token logits of the four letters after each judge prompt, [N, 4], batched: as many rows a forward
-        as keep rows x padded length within batch_tokens (with gradients when enabled: `train_sft.py --judge` trains
-        a judge on them)."""
-        rows = [self._context(judge_prompt(self.tokenizer, q, o, self._truncate(t)))
+        """The next token's log-probability of each option letter after each judge prompt, [N, most options]
+        (-inf beyond a row's own options), batched: as many rows a forward as keep rows x padded length within
+        batch_tokens (with gradients when enabled: `train_sft.py --judge` trains a judge on them)."""
+        n = max(map(len, options))
+        if len(self.letters) < n:
+            self.letters = self._letter_tokens(n)
+        rows = [self.tokenizer(judge_prompt(self.tokenizer, q, o, self._truncate(t)), add_special_tokens=False)["input_ids"]
                 for q, o, t in zip(questions, options, thoughts)]
         chunks, start = [], 0
         for end in range(1, len(rows) + 1):  # consecutive rows while (rows) x (longest) fits
             if end == len(rows) or (end + 1 - start) * max(map(len, rows[start:end + 1])) > self.batch_tokens:
                 chunks.append(rows[start:end])
                 start = end
-        return torch.cat([self._forward(chunk) for chunk in chunks])
+        scores = torch.cat([self._forward(chunk, self.letters[:n]) for chunk in chunks])
+        beyond = torch.arange(n, device=scores.device)[None, :] >= torch.tensor([len(o) for o in options],
+                                                                               device=scores.device)[:, None]
+        return scores.masked_fill(beyond, float("-inf"))
 
-    def _forward(self, rows: list[list[int]]) -> torch.Tensor:
+    def _forward(self, rows: list[list[int]], letters: list[tuple[int, int]]) -> torch.Tensor:
         T = max(map(len, rows))
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows])  # left padding: the last position is real
@@ -179,8 +190,9 @@ class Judge:
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         with self.model.disable_adapter() if self.disable_adapter else nullcontext():
             logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                position_ids=positions.to(device), logits_to_keep=1, use_cache=False).logits
-        return logits[:, -1, self.letter_ids]
+                                position_ids=positions.to(device), logits_to_keep=2, use_cache=False).logits
+        logp = logits.float().log_softmax(-1)  # [rows, 2, V]: after the prompt but its last token, and after it
+        return torch.stack([logp[:, 1 - fused, token] for token, fused in letters], 1)
 
     @torch.no_grad()
     def __call__(self, questions: list[str], options: list[list[str]], thoughts: list[str]) -> list[str]:

@@ -140,7 +140,7 @@ def test_judge_is_deterministic_and_batched_equals_one_by_one(tiny, records):
 def test_consistency_reward_follows_the_judge(tiny, records):
     m, processor = tiny
     judge = rewards.Judge(m, processor.tokenizer)
-    m.lm_head = LetterHead(m.config.text_config.vocab_size, judge.letter_ids[2])  # the judge always deduces C
+    m.lm_head = LetterHead(m.config.text_config.vocab_size, judge.letters[2][0])  # the judge always deduces C
     asked = []
     counting = lambda q, o, t: asked.extend(t) or judge(q, o, t)  # noqa: E731
     completions = ["<think>it is C</think><answer>C</answer>",  # consistent
@@ -213,8 +213,54 @@ def test_tokenizer_without_single_letter_tokens_is_refused(tiny):
         def __call__(self, text, add_special_tokens=False):
             return {"input_ids": [1, 2] + ([3, 4 + "ABCD".index(text[-1])] if text[-1] in "ABCD" else [])}
 
-    with pytest.raises(ValueError, match="one token each"):
+    with pytest.raises(ValueError, match="does not spell the letter A in one token after"):
         rewards.Judge(m, Fused())
+
+
+def test_a_letter_beyond_the_options_is_unparseable():
+    five = ["v", "w", "x", "y", "z"]
+    assert rewards.parse_answer("E", OPTS) is None and rewards.parse_answer("E", five) == "E"
+    assert rewards.parse_answer("(E) z", five) == "E" and rewards.parse_answer("J", five) is None
+    assert rewards.accuracy_reward("<think>t</think><answer>E</answer>", OPTS, "A") == 0.0
+
+
+def test_the_judge_reads_each_letter_where_its_tokenizer_puts_it():
+    """A tokenizer may fuse some letters with the '>' before them and not others (A and B here, '>A' one token): a
+    fused letter's log-probability is read one position earlier. Letters are compared by log-probability, not by
+    logits of two positions: here E's logit is the highest, yet at its position every token is about as likely."""
+
+    class Tokenizer:
+        pad_token_id = 0
+
+        def apply_chat_template(self, chat, **kw):
+            return "prompt"
+
+        def __call__(self, text, add_special_tokens=False):
+            if text[-1] in "AB":
+                return {"input_ids": [1, 10 + "AB".index(text[-1])]}  # '>A' and '>B' fused
+            return {"input_ids": [1, 2] + ([20 + "CDE".index(text[-1])] if text[-1] in "CDE" else [])}
+
+        def decode(self, ids):
+            return ""
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, logits_to_keep, **kw):
+            logits = torch.zeros(len(input_ids), 2, 30)
+            logits[:, 0, 11] = 10.0  # after the prompt but its '>': '>B' very likely
+            logits[:, 1, :] = 11.9  # after the '>': everything about as likely, E (22) a little more
+            logits[:, 1, 22] = 12.0
+            return type("Out", (), {"logits": logits + self.w})
+
+    judge = rewards.Judge(Model(), Tokenizer())
+    assert judge.letters == [(10, 1), (11, 1), (20, 0), (21, 0)]
+    five = ["v", "w", "x", "y", "z"]
+    assert judge(["Q?"], [five], ["T."]) == ["B"]
+    scores = judge.letter_logits(["Q?", "Q?"], [five, OPTS], ["T.", "T."])
+    assert scores.shape == (2, 5) and scores[1, 4] == float("-inf") and torch.isfinite(scores[0]).all()
 
 
 def test_special_tokens_in_a_thought_do_not_reach_the_judge_as_chat_turns(tiny):
