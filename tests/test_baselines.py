@@ -78,9 +78,9 @@ def test_table1_rows_of_three_architectures_with_one_judge(vlms, tiny_dir, synth
                             "--limit", "6", "--max-new-tokens", "12", "--judge", tiny_dir])
     assert [r["name"] for r in report["results"]] == ["Gemma 3", "LLaVA", "Qwen2.5-VL"]
     assert report["judge"]["model"] == tiny_dir and "given with --judge" in report["judge"]["how"]
-    md = open(out / "results.md").read()
+    md = open(out / "results.md", encoding="utf-8").read()
     assert md.startswith(f"Consistency judged by: {tiny_dir}") and "| Gemma 3 |" in md and "| LLaVA |" in md
-    predictions = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    predictions = [json.loads(line) for line in open(out / "predictions.jsonl", encoding="utf-8")]
     for result in report["results"]:
         mine = [p for p in predictions if p["model"] == result["name"]]
         assert len(mine) == 12

@@ -127,7 +127,7 @@ def slake(root):
                {**base, "qid": 11937, "question": "What modality is used to take this image?", "answer": "CT",
                 "q_lang": "en", "answer_type": "OPEN", "content_type": "Modality"},
                {**base, "qid": 11938, "question": "图片中包含肺吗?", "answer": "是", "q_lang": "zh", "answer_type": "CLOSED",
-                "content_type": "Organ"}], open(os.path.join(root, "test.json"), "w"), ensure_ascii=False)
+                "content_type": "Organ"}], open(os.path.join(root, "test.json"), "w", encoding="utf-8"), ensure_ascii=False)
     return root, {"11934": ("Organ", ["yes", "no"], "A"), "11935": ("Abnormality", ["yes", "no"], "B")}, \
         {"open, or closed but answered other than yes or no": 1, "answer_type 'OPEN'": 1, "q_lang 'zh'": 1}
 
@@ -186,7 +186,7 @@ def test_the_hubs_vqa_rad_parquet_writes_each_image_once(tmp_path):
 
 def test_bad_input_is_named_by_file_row_and_field_before_anything_is_written(tmp_path):
     root, _, _ = slake(str(tmp_path / "slake"))
-    rows = json.load(open(os.path.join(root, "test.json")))
+    rows = json.load(open(os.path.join(root, "test.json"), encoding="utf-8"))
     rows[1]["img_name"] = "xmlab9/source.jpg"  # a missing image
     rows.append(dict(rows[0]))  # a question id twice
     json.dump(rows, open(os.path.join(root, "test.json"), "w"))
@@ -242,6 +242,6 @@ def test_a_converted_benchmark_evaluates_end_to_end_by_its_question_types(tiny_d
     assert {"Clinical_Medicine", "PRES", "ABN", "overall"} <= set(mean) and "anatomy" not in mean
     table = open(tmp_path / "eval" / "results.md", encoding="utf-8").read()
     assert "| Model | ABN | Clinical_Medicine | PRES | Overall |" in table  # a benchmark's types, sorted
-    predictions = [json.loads(line) for line in open(tmp_path / "eval" / "predictions.jsonl")]
+    predictions = [json.loads(line) for line in open(tmp_path / "eval" / "predictions.jsonl", encoding="utf-8")]
     assert {p["qid"] for p in predictions} == {"validation_Clinical_Medicine_1", "1", "2"}
     assert all(p["consistent"] is not None for p in predictions)  # one judge for every row

@@ -61,7 +61,7 @@ def test_a_set_without_abnormal_or_normal_answers_is_warned_about(tiny_dir, synt
     evaluate.main(["--ckpt", tiny_dir, "--data", str(path), "--out", str(tmp_path / "eval"), "--seeds", "0",
                    "--max-new-tokens", "4", "--judge", "none"])
     assert "no anomaly question" in capsys.readouterr().out
-    assert "What the columns count" in open(tmp_path / "eval" / "results.md").read()
+    assert "What the columns count" in open(tmp_path / "eval" / "results.md", encoding="utf-8").read()
 
 
 def test_mean_and_std_over_seeds():
@@ -78,12 +78,12 @@ def test_end_to_end_numbers_recompute_from_predictions(tiny_dir, synth_dir, tmp_
     out = tmp_path / "eval"
     evaluate.main(["--ckpt", tiny_dir, tiny_dir, "--names", "a", "b", "--data", os.path.join(synth_dir, "test.jsonl"),
                    "--out", str(out), "--seeds", "0", "1", "--limit", "24", "--max-new-tokens", "16", "--judge", "self"])
-    md = open(out / "results.md").read()
+    md = open(out / "results.md", encoding="utf-8").read()
     assert md.startswith("Consistency judged by: self (each model judges its own thoughts")  # said, not hidden
     for column in ("Anatomy ID.", "Anomaly Det.", "Lesion Loc.", "Modality Class.", "Pathology Char.", "Overall"):
         assert column in md.splitlines()[4]
     report = json.load(open(out / "results.json"))
-    predictions = [json.loads(l) for l in open(out / "predictions.jsonl")]
+    predictions = [json.loads(l) for l in open(out / "predictions.jsonl", encoding="utf-8")]
     assert len(predictions) == 2 * 2 * 24
     for result in report["results"]:
         mine = [p for p in predictions if p["model"] == result["name"]]
@@ -142,7 +142,7 @@ def test_without_judge_evaluation_names_the_one_con_grpo_trained_with(sft5, five
     report = evaluate.main(["--ckpt", tiny_dir, sft5, str(tmp_path / "grpo"), "--out", str(tmp_path / "e"), *common])
     assert report["judge"]["model"] == os.path.abspath(sft5) and len(judges) == 1  # one judge for the three rows
     assert "Con-GRPO run" in report["judge"]["how"]
-    assert open(tmp_path / "e" / "results.md").read().startswith(f"Consistency judged by: {os.path.abspath(sft5)}")
+    assert open(tmp_path / "e" / "results.md", encoding="utf-8").read().startswith(f"Consistency judged by: {os.path.abspath(sft5)}")
 
 
 def test_judge_none_builds_no_judge_and_leaves_the_consistency_blank(tiny_dir, synth_dir, tmp_path, monkeypatch):
@@ -154,6 +154,6 @@ def test_judge_none_builds_no_judge_and_leaves_the_consistency_blank(tiny_dir, s
     assert built == []
     result = report["results"][0]
     assert result["mean"]["consistency_rate"] is None and result["mean"]["format_rate"] is not None
-    extra = open(tmp_path / "results.md").read().split("## Beyond the paper")[1].splitlines()
+    extra = open(tmp_path / "results.md", encoding="utf-8").read().split("## Beyond the paper")[1].splitlines()
     header, row = extra[2].split(" | "), extra[4].split(" | ")
     assert row[header.index("Consistency")] == "–"
