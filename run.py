@@ -206,6 +206,51 @@ def open_log(path: str, step: int):
     return open(path, "a", encoding="utf-8")
 
 
+REPORT = "pip install -r requirements-report.txt"
+
+
+def reporter(kind: str, out: str, config: dict):
+    """Where each metrics row goes besides OUT/metrics.jsonl, which stays the source of truth: TensorBoard event files
+    in OUT/tensorboard, a W&B run (its folder in OUT/wandb; WANDB_MODE=offline writes it without network,
+    WANDB_PROJECT names the project, default medad-r1), or nowhere ('none'). The rows' names are metrics.jsonl's;
+    sampled completions go in as a text table. Call it on rank 0 only. The backends are optional extras, imported
+    only when asked for."""
+    if kind == "none":
+        return types.SimpleNamespace(log=lambda row: None, samples=lambda rows, step: None, close=lambda: None)
+    if kind == "tensorboard":
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise SystemExit(f"--report-to tensorboard needs the tensorboard package: {REPORT}") from None
+        writer = SummaryWriter(os.path.join(out, "tensorboard"))
+
+        def log(row):
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                    writer.add_scalar(key, value, row["step"])
+            writer.flush()
+
+        def samples(rows, step):
+            header = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
+            body = "".join("| " + " | ".join(str(v).replace("|", "\\|").replace("\n", " ") for v in r.values()) + " |\n"
+                           for r in rows)
+            writer.add_text("samples", header + body, step)
+        return types.SimpleNamespace(log=log, samples=samples, close=writer.close)
+    if kind == "wandb":
+        try:
+            import wandb
+        except ImportError:
+            raise SystemExit(f"--report-to wandb needs the wandb package: {REPORT}") from None
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "medad-r1"), dir=out, config=config,
+                         name=os.path.basename(os.path.abspath(out)))
+
+        def samples(rows, step):
+            run.log({"samples": wandb.Table(columns=list(rows[0]), data=[list(r.values()) for r in rows])}, step=step)
+        return types.SimpleNamespace(log=lambda row: run.log(dict(row), step=row["step"]), samples=samples,
+                                     close=run.finish)
+    raise ValueError(f"unknown --report-to {kind!r}: none, tensorboard or wandb")
+
+
 def lr_schedule(optimizer, total_steps: int, warmup_ratio: float, decay: str = "cosine"):
     """Linear warm-up over warmup_ratio of the steps, then cosine decay to 0 or a constant rate."""
     warmup = max(1, round(warmup_ratio * total_steps)) if warmup_ratio > 0 else 0

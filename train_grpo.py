@@ -129,6 +129,10 @@ def parse_args(argv=None):
                    "interrupted (0: run to the end); the schedule is unchanged")
     p.add_argument("--profile", action="store_true", help="profile steps 2-3 with torch.profiler: OUT/profile.txt "
                    "(the operators that took the most time) and OUT/trace.json")
+    p.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none", help="also send every "
+                   "metrics.jsonl row (and sampled completions, as a text table) to TensorBoard (OUT/tensorboard) or "
+                   "W&B (OUT/wandb; WANDB_MODE=offline without network); needs pip install -r requirements-report.txt "
+                   "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompt order and sampling")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code from the hub")
     return p.parse_args(argv)
@@ -320,6 +324,7 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
         json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
         metrics = run.open_log(os.path.join(args.out, "metrics.jsonl"), step)
+        report = run.reporter(args.report_to, args.out, vars(args))  # the same rows, on a dashboard
         samples_log = run.open_log(os.path.join(args.out, "samples.jsonl"), step)
         print(f"Con-GRPO: {len(records)} prompts, {total_steps} steps of {P} prompts x G={G}, "
               f"{M.count_parameters(policy):,} parameters ({'sharded' if args.fsdp else 'replicated'}), "
@@ -376,12 +381,14 @@ def main(argv=None):
         if rank == 0:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
+            report.log(row)
             if args.log_samples_every and (step % args.log_samples_every == 0 or step == 1):
-                for j in range(min(len(texts), G)):  # the first group, whole
-                    samples_log.write(json.dumps({"step": step, "id": mine[j // G]["id"], "answer": mine[j // G]["answer"],
-                                                  "completion": texts[j], "reward": scores["reward"][j].item(),
-                                                  "judge": scores["judge_letters"][j]}) + "\n")
+                group = [{"step": step, "id": mine[j // G]["id"], "answer": mine[j // G]["answer"], "completion": texts[j],
+                          "reward": scores["reward"][j].item(), "judge": scores["judge_letters"][j]}
+                         for j in range(min(len(texts), G))]  # the first group, whole
+                samples_log.writelines(json.dumps(s) + "\n" for s in group)
                 samples_log.flush()
+                report.samples(group, step)
             bar.set_postfix(reward=f"{row['reward']:.3f}", acc=f"{row['accuracy']:.3f}", con=f"{row['consistency_rate']:.3f}")
             bar.update(1)
         prof.step()
@@ -390,6 +397,8 @@ def main(argv=None):
             break
     prof.stop()
     bar.close()
+    if rank == 0:
+        report.close()
 
     # ---- output: π_θ as a full model (a GRPO LoRA is merged into π_SFT), loadable like any model ----
     if step == total_steps:

@@ -91,6 +91,10 @@ def parse_args(argv=None):
     p.add_argument("--stop-after", type=int, default=0, help="stop after this step, with a checkpoint, as if "
                    "interrupted (0: run to the end); the schedule is unchanged")
     p.add_argument("--merge", action="store_true", help="also write the merged full model to OUT/merged")
+    p.add_argument("--report-to", choices=["none", "tensorboard", "wandb"], default="none", help="also send every "
+                   "metrics.jsonl row (and sampled completions, as a text table) to TensorBoard (OUT/tensorboard) or "
+                   "W&B (OUT/wandb; WANDB_MODE=offline without network); needs pip install -r requirements-report.txt "
+                   "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of data order, LoRA init and dropout")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code from the hub")
     return p.parse_args(argv)
@@ -186,6 +190,7 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
         json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)
         metrics = run.open_log(os.path.join(args.out, "metrics.jsonl"), step)
+        report = run.reporter(args.report_to, args.out, vars(args))  # the same rows, on a dashboard
         trainable = sum(p.numel() for p in params)  # DTensors count their whole size
         print(f"{stage}: {len(records)} examples, {total_steps} steps of {args.batch_size}, {trainable:,} trainable "
               f"parameters of {M.count_parameters(policy):,}, {args.precision}, {world} "
@@ -232,12 +237,15 @@ def main(argv=None):
         if rank == 0:
             metrics.write(json.dumps(row) + "\n")
             metrics.flush()
+            report.log(row)
             bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{row['lr']:.2e}")
             bar.update(1)
         if run.checkpoint_and_stop(args.out, step, policy, optimizer, scheduler, save_every=args.save_every,
                                  stop_after=args.stop_after):
             break
     bar.close()
+    if rank == 0:
+        report.close()
 
     # ---- output: the adapter (+ merged model) or the full model, the processor ----
     if step == total_steps:

@@ -312,3 +312,35 @@ def test_held_out_evaluation_during_con_grpo(sft5, five, synth_dir, tmp_path):
     assert last["eval_accuracy_greedy"] == expected["overall"] and last["eval_format_greedy"] == expected["format_rate"]
     assert last["eval_consistency_greedy"] == expected["consistency_rate"]
     assert all(0 <= r["stated_rate"] <= 1 for r in rows)
+
+
+def test_report_to_tensorboard_holds_the_rows_of_metrics_jsonl(sft5, five, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train_grpo.main(grpo_args(sft5, five, tmp_path, "--report-to", "tensorboard", "--stop-after", "2",
+                              "--log-samples-every", "1"))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    rows = metrics(tmp_path)
+    numbers = {k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+    assert set(events.Tags()["scalars"]) == numbers and {"reward", "kl", "consistency_rate", "lr"} <= numbers
+    for key in numbers:  # TensorBoard keeps float32
+        assert [e.step for e in events.Scalars(key)] == [r["step"] for r in rows]
+        assert [e.value for e in events.Scalars(key)] == pytest.approx([r[key] for r in rows], rel=1e-6, abs=1e-12)
+    assert "samples/text_summary" in events.Tags()["tensors"]  # the sampled completions, as a text table
+
+
+def test_report_to_wandb_offline_writes_its_run_and_a_missing_backend_names_the_pip_command(sft5, five, tmp_path,
+                                                                                            monkeypatch):
+    pytest.importorskip("wandb")
+    import glob
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train_grpo.main(grpo_args(sft5, five, tmp_path / "w", "--report-to", "wandb", "--stop-after", "2",
+                              "--log-samples-every", "1"))
+    (run_file,) = glob.glob(str(tmp_path / "w" / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert os.path.getsize(run_file) > 0 and glob.glob(str(tmp_path / "w" / "wandb" / "offline-run-*" / "files" / "media"
+                                                          / "table" / "samples_*.table.json"))
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    with pytest.raises(SystemExit, match=r"--report-to wandb needs the wandb package: pip install -r requirements-report.txt"):
+        train_grpo.main(grpo_args(sft5, five, tmp_path / "x", "--report-to", "wandb"))

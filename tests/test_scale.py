@@ -1,5 +1,6 @@
 """The GPU path's logic on a CPU: the bf16 precision regime, collectives, FSDP2, full batches on every rank, and
 resume under torchrun (gloo stands in for NCCL, autocast on CPU for autocast on GPUs)."""
+import importlib.util
 import os
 import shutil
 
@@ -188,7 +189,8 @@ def test_epoch_batches_are_full_and_wrap_the_tail():
 def two_rank_runs(sft5, five, tmp_path_factory):
     """One epoch over five prompts on two ranks, replicated and with FSDP: 3 steps, the last wrapped."""
     out = tmp_path_factory.mktemp("two_ranks")
-    for name, extra in (("replicated", []), ("fsdp", ["--fsdp", "--save-every", "1"])):
+    report = ["--report-to", "tensorboard"] if importlib.util.find_spec("tensorboard") else []
+    for name, extra in (("replicated", report), ("fsdp", ["--fsdp", "--save-every", "1"])):
         torchrun("train_grpo.py", *grpo_args(sft5, five, out / name, *extra))
     return out
 
@@ -196,6 +198,8 @@ def two_rank_runs(sft5, five, tmp_path_factory):
 def test_no_rank_is_left_without_prompts_at_the_end_of_an_epoch(two_rank_runs):
     rows = metrics(two_rank_runs / "replicated")
     assert [r["step"] for r in rows] == [1, 2, 3] and os.path.isfile(two_rank_runs / "replicated" / "model.safetensors")
+    if importlib.util.find_spec("tensorboard"):  # only rank 0 reports: one event file
+        assert len(os.listdir(two_rank_runs / "replicated" / "tensorboard")) == 1
 
 
 def test_fsdp_ends_with_the_replicated_runs_weights(two_rank_runs, sft5):
