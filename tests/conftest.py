@@ -12,23 +12,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import data  # noqa: E402
 import model  # noqa: E402
 import synth  # noqa: E402
+from helpers import built_once  # noqa: E402
 from tiny import build_tiny, corpus_lines  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
     """A small synthetic MedAD set: train.jsonl, test.jsonl, images/, masks/."""
-    out = str(tmp_path_factory.mktemp("synth"))
-    synth.synth(out, n_images=60, seed=0)
-    return out
+    return built_once("synth", tmp_path_factory, lambda out: synth.synth(out, n_images=60, seed=0))
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory, synth_dir):
     """The tiny random Qwen2.5-VL with a tokenizer trained on the synthetic set's text."""
-    out = str(tmp_path_factory.mktemp("tiny"))
     corpus = list(corpus_lines([os.path.join(synth_dir, "train.jsonl")]))
-    return build_tiny(out, seed=0, corpus=corpus, vocab_size=512)
+    return built_once("tiny", tmp_path_factory, lambda out: build_tiny(out, seed=0, corpus=corpus, vocab_size=512))
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +52,6 @@ def five(synth_dir):
 def sft5(tiny_dir, five, tmp_path_factory):
     """A LoRA SFT that nearly learned the five: its sampled groups get unequal rewards, so GRPO steps move weights."""
     import train_sft
-    out = tmp_path_factory.mktemp("sft5")
-    train_sft.main(["--model", tiny_dir, "--data", five, "--out", str(out), "--epochs", "15", "--batch-size", "4",
-                    "--micro-batch", "4", "--lr", "1e-2", "--lora-r", "32", "--lora-alpha", "64", "--lora-dropout", "0",
-                    "--warmup-ratio", "0"])
-    return str(out)
+    return built_once("sft5", tmp_path_factory, lambda out: train_sft.main([
+        "--model", tiny_dir, "--data", five, "--out", out, "--epochs", "15", "--batch-size", "4", "--micro-batch", "4",
+        "--lr", "1e-2", "--lora-r", "32", "--lora-alpha", "64", "--lora-dropout", "0", "--warmup-ratio", "0"]))

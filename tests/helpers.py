@@ -1,6 +1,8 @@
-"""What several test files share: the repository root, torchrun in a subprocess, Con-GRPO's small test settings."""
+"""What several test files share: the repository root, torchrun in a subprocess, Con-GRPO's small test settings, the
+inputs a mutation pass builds once."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,3 +63,23 @@ def write_dicom_series(image, folder, uid="1.2.826.0.1.3680043.2.1125.1", prefix
             plane.SetMetaData(tag, value)
         writer.SetFileName(os.path.join(folder, f"{prefix}{k:03d}.dcm"))
         writer.Execute(plane)
+
+
+CACHE = os.environ.get("MEDAD_TEST_CACHE")  # the mutation pass (CONTRIBUTING.md) builds the inputs below once
+
+
+def built_once(name: str, tmp_path_factory, build) -> str:
+    """A test input's folder (data, the tiny model, an SFT checkpoint to start from), made by build(folder). Under
+    MEDAD_TEST_CACHE it is made once and reused by every later run: the mutation pass runs the suite once a mutant,
+    and there the inputs are the clean code's while each test's own work is the mutant's."""
+    if not CACHE:
+        out = str(tmp_path_factory.mktemp(name))
+        build(out)
+        return out
+    out = os.path.join(CACHE, name)
+    if not os.path.isfile(os.path.join(out, ".done")):
+        shutil.rmtree(out, ignore_errors=True)
+        os.makedirs(out)
+        build(out)
+        open(os.path.join(out, ".done"), "w").close()
+    return out

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ENV, ROOT, grpo_args, metrics, torchrun
+from helpers import ENV, ROOT, built_once, grpo_args, metrics, torchrun
 from safetensors.torch import load_file
 
 import data
@@ -129,10 +129,9 @@ def test_old_logps_move_the_ratio_but_not_the_kl():
 
 @pytest.fixture(scope="module")
 def sft_out(tiny_dir, synth_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sft")
-    train_sft.main(["--model", tiny_dir, "--data", os.path.join(synth_dir, "train.jsonl"), "--out", str(out),
-                    "--epochs", "1", "--batch-size", "16", "--lr", "5e-3", "--lora-r", "8", "--lora-alpha", "16"])
-    return str(out)
+    return built_once("sft", tmp_path_factory, lambda out: train_sft.main([
+        "--model", tiny_dir, "--data", os.path.join(synth_dir, "train.jsonl"), "--out", out, "--epochs", "1",
+        "--batch-size", "16", "--lr", "5e-3", "--lora-r", "8", "--lora-alpha", "16"]))
 
 
 def test_one_step_raises_positive_and_lowers_negative_advantage(sft_out, records):
