@@ -83,16 +83,16 @@ REGION_BOXES = {  # where a lesion's centre is drawn, as fractions of (x, y): we
     "Center Region": ((0.42, 0.58), (0.42, 0.58))}
 
 
-def _lesion(pathology, region, H, W, rng):
-    """(mask, brightness, rim) of a lesion of this kind centred inside `region`."""
+def _lesion(pathology, region, H, W, rng, scale=1.0):
+    """(mask, brightness, rim) of a lesion of this kind centred inside `region`, `scale` times the usual size."""
     (x0, x1), (y0, y1) = REGION_BOXES[region]
     cx, cy = rng.uniform(x0, x1) * W, rng.uniform(y0, y1) * H
-    r = rng.uniform(0.08, 0.1) * W
+    r = rng.uniform(0.08, 0.1) * W * scale
     if pathology == "Calcification":  # dots around the centre; the largest one sits on it
-        mask = _disc(H, W, cy, cx, 0.035 * W)
+        mask = _disc(H, W, cy, cx, 0.035 * W * scale)
         for _ in range(4):
             a = rng.uniform(0, 2 * np.pi)
-            mask |= _disc(H, W, cy + np.sin(a) * 0.07 * H, cx + np.cos(a) * 0.07 * W, 0.02 * W)
+            mask |= _disc(H, W, cy + np.sin(a) * 0.07 * H * scale, cx + np.cos(a) * 0.07 * W * scale, 0.02 * W * scale)
         return mask, 1.0
     if pathology == "Hemorrhage":
         mask = _disc(H, W, cy, cx, r)
@@ -104,14 +104,14 @@ def _lesion(pathology, region, H, W, rng):
     raise ValueError(f"unknown synthetic pathology {pathology!r}")
 
 
-def synth_image(facts: dict, size: int, rng) -> tuple[np.ndarray, np.ndarray | None]:
+def synth_image(facts: dict, size: int, rng, lesion_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray | None]:
     """A uint8 RGB image of the facts and, with a lesion, its uint8 mask (255 on the lesion)."""
     H = W = size
     body = _outline(facts["anatomy"], H, W, rng)
     image = _render(body, facts["modality"], H, W, rng)
     mask = None
     if facts["anomaly"]:
-        mask, level = _lesion(facts["pathology"], facts["region"], H, W, rng)
+        mask, level = _lesion(facts["pathology"], facts["region"], H, W, rng, lesion_scale)
         image[mask] = level
         if facts["pathology"] == "Cyst":  # a bright rim around the dark centre
             ring = _disc(H, W, *np.argwhere(mask).mean(0) + 0.5, np.sqrt(mask.sum() / np.pi) + 2.5) & ~mask
@@ -120,9 +120,10 @@ def synth_image(facts: dict, size: int, rng) -> tuple[np.ndarray, np.ndarray | N
 
 
 def synth(out: str, n_images: int = 600, seed: int = 0, size: int = 112, test_frac: float = 0.3,
-          lesion_frac: float = 0.6, shuffle_options: bool = True) -> dict:
+          lesion_frac: float = 0.6, shuffle_options: bool = True, lesion_scale: float = 1.0) -> dict:
     """Write a synthetic MedAD set to `out`: images/, masks/, train.jsonl, test.jsonl. Same seed, same bytes.
-    shuffle_options=False lists every question's options in one fixed order (see make_question)."""
+    shuffle_options=False lists every question's options in one fixed order (see make_question); lesion_scale draws
+    lesions that many times their usual size (a radius of 8-10% of the image side)."""
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     os.makedirs(os.path.join(out, "masks"), exist_ok=True)
@@ -136,7 +137,7 @@ def synth(out: str, n_images: int = 600, seed: int = 0, size: int = 112, test_fr
         if facts["anomaly"]:
             facts["pathology"] = SYNTH_VOCAB["pathology"][rng.integers(5)]
             facts["region"] = REGIONS[rng.integers(5)]
-        image, mask = synth_image(facts, size, rng)
+        image, mask = synth_image(facts, size, rng, lesion_scale)
         name = f"synth-{i:05d}"
         Image.fromarray(image).save(os.path.join(out, "images", f"{name}.png"))
         meta = {"source": "synthetic", "modality": facts["modality"], "anatomy": facts["anatomy"],
@@ -164,9 +165,11 @@ def main(argv=None):
     p.add_argument("--option-order", choices=["shuffled", "fixed"], default="shuffled", help="options in random "
                    "order (as MedAD-38K), or always in one order per task: a letter mapping a tiny model learns in "
                    "minutes (default: %(default)s)")
+    p.add_argument("--lesion-scale", type=float, default=1.0, help="lesions this many times their usual size, a radius "
+                   "of 8-10%% of the image side (default: %(default)s)")
     args = p.parse_args(argv)
     summary = synth(args.out, args.n_images, args.seed, args.size, args.test_frac,
-                    shuffle_options=args.option_order == "shuffled")
+                    shuffle_options=args.option_order == "shuffled", lesion_scale=args.lesion_scale)
     print(f"wrote {args.out}: {summary['images']} images, {summary['train']} train and {summary['test']} test questions")
 
 

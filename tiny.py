@@ -135,7 +135,7 @@ def corpus_lines(paths: list[str]):
 
 def build_tiny(out: str, *, seed: int = 0, corpus=(), vocab_size: int = 1024, hidden: int = 64, layers: int = 2,
                heads: int = 4, rope_theta: float = 1e4, image_px: int = 112, dtype: torch.dtype = torch.float32,
-               device: str = "cpu", preset: str | None = None) -> str:
+               device: str = "cpu", preset: str | None = None, vision_hidden: int = 64, vision_layers: int = 1) -> str:
     """Write a randomly initialised tiny Qwen2.5-VL and its processor to `out`; loads like the hub model. Built on
     `device` and written in `dtype` (the 3.75B model of preset="qwen2.5-vl-3b" initialises in seconds on a GPU and
     takes half the disk in bf16)."""
@@ -143,7 +143,8 @@ def build_tiny(out: str, *, seed: int = 0, corpus=(), vocab_size: int = 1024, hi
     tokenizer = train_tokenizer(["<think> </think> <answer> </answer> A B C D", *corpus], vocab_size)
     tokenizer.chat_template = CHAT_TEMPLATE
     config = real_config(tokenizer) if preset == "qwen2.5-vl-3b" else \
-        tiny_config(tokenizer, hidden=hidden, layers=layers, heads=heads, rope_theta=rope_theta)
+        tiny_config(tokenizer, hidden=hidden, layers=layers, heads=heads, rope_theta=rope_theta,
+                    vision_hidden=vision_hidden, vision_layers=vision_layers)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
     model.generation_config = GenerationConfig(
@@ -166,6 +167,8 @@ def main(argv=None):
     p.add_argument("--hidden", type=int, default=64, help="hidden size of the language model (default: %(default)s)")
     p.add_argument("--layers", type=int, default=2, help="layers of the language model (default: %(default)s)")
     p.add_argument("--heads", type=int, default=4, help="attention heads of the language model (default: %(default)s)")
+    p.add_argument("--vision-hidden", type=int, default=64, help="width of the vision tower (default: %(default)s)")
+    p.add_argument("--vision-layers", type=int, default=1, help="blocks of the vision tower (default: %(default)s)")
     p.add_argument("--rope-theta", type=float, default=1e4, help="rotary base; Qwen's 1e6 leaves a 16-dim head "
                    "about two frequencies that resolve nearby positions (default: %(default)s)")
     p.add_argument("--image-px", type=int, default=112, help="largest image side the processor keeps, in pixels "
@@ -181,7 +184,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     build_tiny(args.out, seed=args.seed, corpus=list(corpus_lines(args.corpus)), vocab_size=args.vocab_size,
                hidden=args.hidden, layers=args.layers, heads=args.heads, rope_theta=args.rope_theta, image_px=args.image_px,
-               dtype=getattr(torch, args.dtype), device=args.device, preset=args.preset)
+               dtype=getattr(torch, args.dtype), device=args.device, preset=args.preset,
+               vision_hidden=args.vision_hidden, vision_layers=args.vision_layers)
     from safetensors import safe_open  # counted from the files' headers: nothing is loaded back
     count = 0
     for file in glob.glob(os.path.join(args.out, "*.safetensors")):

@@ -43,7 +43,7 @@ def test_a_run_killed_while_it_writes_resumes_to_the_uninterrupted_result(sft5, 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": ROOT}
     killed = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "kill_worker.py"), when,
                              *grpo_args(sft5, five, out, "--save-every", "1")], env=env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+                            encoding="utf-8", errors="replace", timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not os.path.exists(out / "DONE")
     if when == "checkpoint":  # checkpoint-2 half written: checkpoint-1 is the newest complete one
