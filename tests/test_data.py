@@ -124,6 +124,14 @@ def square(H, W, r0, r1, c0, c1):
     (square(100, 200, 24, 26, 49, 51), "Center Region"),  # centroid x=50=W/4, y=25=H/4: bounds are included
     (square(100, 200, 23, 25, 49, 51), "Left Upper"),  # y=24 < H/4
     (square(100, 200, 70, 80, 150, 152), "Right Lower"),  # x=151 > 3W/4
+    (square(100, 100, 45, 55, 74, 76), "Center Region"),  # x=75=3W/4 and y=75=3H/4: the upper bounds included too
+    (square(100, 100, 74, 76, 45, 55), "Center Region"),
+    (square(100, 100, 45, 55, 69, 71), "Center Region"),  # x=70 and y=70: the whole middle half, not less
+    (square(100, 100, 69, 71, 45, 55), "Center Region"),
+    (square(100, 100, 5, 15, 49, 51), "Right Upper"),  # x=50=W/2 outside the middle half: right, as x < W/2 is left
+    (square(100, 100, 49, 51, 5, 15), "Left Lower"),
+    (square(100, 100, 5, 15, 39, 41), "Left Upper"),  # x=40 and y=40: the whole left (upper) half, not less
+    (square(100, 100, 39, 41, 85, 95), "Right Upper"),
 ])
 def test_region_of_follows_the_design_rule(mask, region):
     assert questions.region_of(mask) == region
@@ -138,9 +146,46 @@ def test_region_of_uses_the_largest_component_not_the_first():
     assert questions.region_of(np.pad(diagonal, ((0, 70), (0, 70)))) == "Left Upper"
 
 
+def components_by_union_find(mask):
+    """The 8-connected components as sets of (row, col), found another way than questions.py's search."""
+    parent = {p: p for p in zip(*np.nonzero(mask))}
+
+    def root(p):
+        while parent[p] != p:
+            p = parent[p]
+        return p
+    for r, c in parent:
+        for q in ((r, c + 1), (r + 1, c - 1), (r + 1, c), (r + 1, c + 1)):
+            if q in parent:
+                parent[root(q)] = root((r, c))
+    groups = {}
+    for p in parent:
+        groups.setdefault(root(p), set()).add(p)
+    return list(groups.values())
+
+
+def test_largest_component_is_the_8_connected_one_on_random_masks():
+    # random blobs make every shape a search can miss (U and V shapes, diagonal chains, one-pixel gaps) and ties
+    rng, ties = np.random.default_rng(0), 0
+    for _ in range(300):
+        mask = rng.random((9, 9)) < rng.uniform(0.2, 0.5)
+        if not mask.any():
+            continue
+        groups = components_by_union_find(mask)
+        size = max(len(g) for g in groups)
+        largest = [g for g in groups if len(g) == size]
+        ties += len(largest) > 1
+        first = min(largest, key=min)  # on ties, the one whose first pixel comes first in scan order
+        got = questions._largest_component(mask)
+        assert len(got) == size and set(map(tuple, got.tolist())) == first, mask.astype(int)
+    assert ties > 10
+
+
 def test_region_of_rejects_an_empty_mask():
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="^empty lesion mask"):
         questions.region_of(np.zeros((10, 10)))
+    with pytest.raises(ValueError, match="must be 2D, got shape"):
+        questions.region_of(np.zeros((2, 10, 10)))
 
 
 def test_synthetic_set_is_valid_balanced_and_consistent(synth_dir):
