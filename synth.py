@@ -13,7 +13,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from questions import questions_for, split_by_patient
+from questions import questions_for, region_of, split_by_patient
 from data import REGIONS, write_jsonl
 
 SYNTH_CUES = {
@@ -138,6 +138,8 @@ def synth(out: str, n_images: int = 600, seed: int = 0, size: int = 112, test_fr
             facts["pathology"] = SYNTH_VOCAB["pathology"][rng.integers(5)]
             facts["region"] = REGIONS[rng.integers(5)]
         image, mask = synth_image(facts, size, rng, lesion_scale)
+        if mask is not None:  # what the rule reads from the mask; a large lesion cut by the border can move
+            facts["region"] = region_of(mask)
         name = f"synth-{i:05d}"
         Image.fromarray(image).save(os.path.join(out, "images", f"{name}.png"))
         meta = {"source": "synthetic", "modality": facts["modality"], "anatomy": facts["anatomy"],

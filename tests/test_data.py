@@ -188,6 +188,21 @@ def test_region_of_rejects_an_empty_mask():
         questions.region_of(np.zeros((2, 10, 10)))
 
 
+def test_larger_lesions_keep_the_localization_rule(tmp_path):
+    # a large lesion near the border is cut by it (1 in 2,000 at demo.sh's twice the size, 1 in 10 at four times):
+    # the answer is still what region_of reads from the mask
+    areas = {}
+    for scale in (1, 2, 4):
+        synth.synth(str(tmp_path / str(scale)), n_images=150, seed=3, lesion_scale=scale)
+        records = data.load_jsonl(str(tmp_path / str(scale) / "train.jsonl"))
+        masks = {r["image"]: np.array(Image.open(r["mask_path"])) > 0 for r in records if r.get("mask_path")}
+        areas[scale] = np.mean([m.sum() for m in masks.values()])
+        for r in records:
+            if r["task"] == "localization":
+                assert questions.region_of(masks[r["image"]]) == r["options"]["ABCD".index(r["answer"])], r["id"]
+    assert 3 < areas[2] / areas[1] < 4.5, areas
+
+
 def test_synthetic_set_is_valid_balanced_and_consistent(synth_dir):
     train = data.load_jsonl(os.path.join(synth_dir, "train.jsonl"))
     test = data.load_jsonl(os.path.join(synth_dir, "test.jsonl"))
