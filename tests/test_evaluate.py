@@ -50,6 +50,16 @@ def test_the_denominators_and_the_positive_anomaly_answer():
     assert answers.metrics([pred("anomaly", True, truth="Yes", predicted="Yes")])["sensitivity"] is None
 
 
+def test_consistency_split_by_whether_the_thought_states_its_conclusion():
+    rows = [pred("anatomy", True, stated=True), pred("anatomy", True, stated=True, consistent=False),
+            pred("anatomy", True, stated=True), pred("anatomy", True, stated=False, consistent=False),
+            pred("anatomy", True, stated=False, consistent=False), pred("anatomy", True, stated=False)]
+    m = answers.metrics(rows)
+    assert m["stated_rate"] == 0.5
+    assert m["consistency_stated"] == pytest.approx(2 / 3) and m["consistency_unstated"] == pytest.approx(1 / 3)
+    assert answers.metrics(rows[:3])["consistency_unstated"] is None  # no such thought: not measured, not 0
+
+
 def test_a_set_without_abnormal_or_normal_answers_is_warned_about(tiny_dir, synth_dir, tmp_path, capsys):
     rows = [json.loads(l) for l in open(os.path.join(synth_dir, "test.jsonl")) if '"anomaly"' in l][:2]
     for r in rows:
