@@ -177,6 +177,14 @@ def test_judge_prompt_holds_no_image_and_no_answer(tiny, records):
     assert r["question"] in text and text.split(r["cot"])[1] == "</think><answer>"  # nothing of the answer block
 
 
+def test_judge_prompt_is_the_system_turn_the_lettered_options_and_an_open_assistant_turn(tiny):
+    _, processor = tiny
+    text = rewards.judge_prompt(processor.tokenizer, "Where is it?", ["Left Upper", "Center Region"], " It is central. ")
+    expected_user = "<|im_start|>user\nWhere is it?\nA. Left Upper\nB. Center Region<|im_end|>\n"
+    assert text == (f"<|im_start|>system\n{rewards.JUDGE_SYSTEM}<|im_end|>\n{expected_user}"
+                    "<|im_start|>assistant\n<think>It is central.</think><answer>")
+
+
 def test_self_judge_with_lora_reuses_the_reference_weights(tiny, records):
     import model
     m, processor = tiny
