@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import shutil
@@ -237,6 +238,78 @@ def test_the_ratio_against_pi_old_keeps_the_sampling_policy_over_every_iteration
     first = seen[0][0]
     assert len(seen) == 3 and all(torch.equal(old, first) for _, old in seen)
     assert not torch.equal(seen[1][0], first) and not torch.equal(seen[2][0], seen[1][0])  # the policy moved
+
+
+def plain_step(policy, reference, prompt, ids, mask, advantages, args):
+    """The step of Eq. 8 as one would write it with no care for memory: every completion with its own copy of its
+    prompt in one forward, π_SFT a frozen copy or the LoRA switched off, π_old the first pass, one backward an
+    iteration, clip, SGD."""
+    prompts = model.repeat_prompts(prompt, args.group_size)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    with torch.no_grad(), (policy.disable_adapter() if reference is None else contextlib.nullcontext()):
+        ref = model.completion_logprobs(policy if reference is None else reference, prompts, ids, mask)
+    old, kls, clips, norms = None, [], [], []
+    for _ in range(args.iterations):
+        logps = model.completion_logprobs(policy, prompts, ids, mask)
+        if args.ratio_ref == "old" and old is None:
+            old = logps.detach()
+        loss, s = grpo_loss(logps, ref, advantages, mask, epsilon=args.epsilon, beta=args.beta, old_logps=old,
+                            agg=args.loss_agg)
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item())
+        with torch.no_grad():
+            for p in params:
+                p -= args.lr * p.grad
+                p.grad = None
+        kls.append(s["kl"].item())
+        clips.append(s["clip_frac"].item())
+    return {"grad_norm": norms[-1], "kl": sum(kls) / len(kls), "clip_frac": sum(clips) / len(clips)}
+
+
+@pytest.mark.parametrize("flags", [
+    ["--loss-agg", "seq", "--micro-batch", "4"],
+    ["--loss-agg", "token", "--micro-batch", "4", "--iterations", "2", "--epsilon", "0.1", "--beta", "0.3"],
+    ["--loss-agg", "sum", "--micro-batch", "8", "--gradient-checkpointing", "--max-grad-norm", "0.05"],
+    ["--loss-agg", "seq", "--micro-batch", "4", "--iterations", "3", "--ratio-ref", "old", "--lora"],
+])
+def test_policy_step_is_the_plain_step_of_eq_8(tiny_dir, records, flags):
+    """policy_step (micro-batches of whole groups, each prompt run once for its G completions, the loss divided by the
+    global count, π_SFT by its own path) takes the step the plain one does: same weights after, same logged grad norm
+    before clipping, KL and clip fraction. The policy starts away from π_SFT, so that every term counts."""
+    args = train_grpo.parse_args(["--data", "-", "--group-size", "4", "--lr", "0.5", "--precision", "fp32", *flags])
+    _, processor = model.load_model(tiny_dir, device="cpu")
+    prompt = data.prompt_batch(processor, records[:2])  # two images: each chunk takes its own patches
+    ids, mask = data.target_batch(processor.tokenizer, records[2:10])  # 8 completions of unequal lengths
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.2, 0.3, -0.9, 0.4])
+
+    def start():
+        sft, _ = model.load_model(tiny_dir, device="cpu", dtype=torch.float32)
+        torch.manual_seed(0)  # LoRA's A: the same draw for both
+        policy = model.add_lora(sft, r=4, alpha=8, dropout=0.0) if args.lora else sft
+        generator = torch.Generator().manual_seed(0)
+        for name, p in policy.named_parameters():
+            p.requires_grad_(not args.lora or "lora_" in name)
+            if p.requires_grad:  # away from π_SFT, as after a few updates
+                with torch.no_grad():
+                    p += 0.05 * torch.randn(p.shape, generator=generator)
+        reference = None if args.lora else model.load_model(tiny_dir, device="cpu", dtype=torch.float32)[0]
+        return policy, reference
+
+    policy, reference = start()
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr)
+    stats = train_grpo.policy_step(policy, reference, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"),
+                                   params, prompt, ids, mask, advantages, args)
+    plain, plain_reference = start()
+    expected = plain_step(plain, plain_reference, prompt, ids, mask, advantages, args)
+    assert expected["kl"] > 1e-4 and expected["clip_frac"] > 0  # the KL and both sides of the clip are in play
+    for key in ("grad_norm", "kl", "clip_frac"):
+        assert stats[key] == pytest.approx(expected[key], rel=1e-4), key
+    assert stats["lr"] == args.lr
+    after, want = run.trainable_state(policy), run.trainable_state(plain)
+    assert after.keys() == want.keys()
+    for k in after:
+        torch.testing.assert_close(after[k], want[k], atol=1e-6, rtol=1e-4)
 
 
 @pytest.mark.parametrize("loss_agg", ["seq", "token"])
