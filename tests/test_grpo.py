@@ -240,6 +240,21 @@ def test_the_ratio_against_pi_old_keeps_the_sampling_policy_over_every_iteration
     assert not torch.equal(seen[1][0], first) and not torch.equal(seen[2][0], seen[1][0])  # the policy moved
 
 
+def away_from_sft(tiny_dir, lora: bool):
+    """A policy (full, or a LoRA) moved off π_SFT by a fixed draw, as after a few updates, and its π_SFT (None for a
+    LoRA: the adapter switched off)."""
+    sft, _ = model.load_model(tiny_dir, device="cpu", dtype=torch.float32)
+    torch.manual_seed(0)  # LoRA's A: the same draw every call
+    policy = model.add_lora(sft, r=4, alpha=8, dropout=0.0) if lora else sft
+    generator = torch.Generator().manual_seed(0)
+    for name, p in policy.named_parameters():
+        p.requires_grad_(not lora or "lora_" in name)
+        if p.requires_grad:
+            with torch.no_grad():
+                p += 0.05 * torch.randn(p.shape, generator=generator)
+    return policy, None if lora else model.load_model(tiny_dir, device="cpu", dtype=torch.float32)[0]
+
+
 def plain_step(policy, reference, prompt, ids, mask, advantages, args):
     """The step of Eq. 8 as one would write it with no care for memory: every completion with its own copy of its
     prompt in one forward, π_SFT a frozen copy or the LoRA switched off, π_old the first pass, one backward an
@@ -281,26 +296,12 @@ def test_policy_step_is_the_plain_step_of_eq_8(tiny_dir, records, flags):
     prompt = data.prompt_batch(processor, records[:2])  # two images: each chunk takes its own patches
     ids, mask = data.target_batch(processor.tokenizer, records[2:10])  # 8 completions of unequal lengths
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.2, 0.3, -0.9, 0.4])
-
-    def start():
-        sft, _ = model.load_model(tiny_dir, device="cpu", dtype=torch.float32)
-        torch.manual_seed(0)  # LoRA's A: the same draw for both
-        policy = model.add_lora(sft, r=4, alpha=8, dropout=0.0) if args.lora else sft
-        generator = torch.Generator().manual_seed(0)
-        for name, p in policy.named_parameters():
-            p.requires_grad_(not args.lora or "lora_" in name)
-            if p.requires_grad:  # away from π_SFT, as after a few updates
-                with torch.no_grad():
-                    p += 0.05 * torch.randn(p.shape, generator=generator)
-        reference = None if args.lora else model.load_model(tiny_dir, device="cpu", dtype=torch.float32)[0]
-        return policy, reference
-
-    policy, reference = start()
+    policy, reference = away_from_sft(tiny_dir, args.lora)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr)
     stats = train_grpo.policy_step(policy, reference, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"),
                                    params, prompt, ids, mask, advantages, args)
-    plain, plain_reference = start()
+    plain, plain_reference = away_from_sft(tiny_dir, args.lora)
     expected = plain_step(plain, plain_reference, prompt, ids, mask, advantages, args)
     assert expected["kl"] > 1e-4 and expected["clip_frac"] > 0  # the KL and both sides of the clip are in play
     for key in ("grad_norm", "kl", "clip_frac"):
@@ -310,6 +311,72 @@ def test_policy_step_is_the_plain_step_of_eq_8(tiny_dir, records, flags):
     assert after.keys() == want.keys()
     for k in after:
         torch.testing.assert_close(after[k], want[k], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("flags, images", [(["--micro-batch", "4"], [1, 1, 1, 1]), (["--micro-batch", "8"], [2, 2]),
+                                           (["--micro-batch", "4", "--gradient-checkpointing"], [4, 4, 4, 4])])
+def test_policy_step_runs_each_prompt_once_a_micro_batch(tiny_dir, records, flags, images):
+    """The step's cost: a micro-batch of --micro-batch completions (whole groups) runs each of its prompts, image
+    included, once for π_SFT and once for π_θ, their KV cache shared by the G completions; with checkpointing, which
+    keeps no cache, each prompt runs once for each of its completions. Two prompts, G=4."""
+    args = train_grpo.parse_args(["--data", "-", "--group-size", "4", "--lr", "0.1", "--precision", "fp32", *flags])
+    _, processor = model.load_model(tiny_dir, device="cpu")
+    prompt = data.prompt_batch(processor, records[:2])
+    ids, mask = data.target_batch(processor.tokenizer, records[2:10])
+    policy, reference = away_from_sft(tiny_dir, lora=False)
+    if args.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+        policy.train()
+    seen = []
+    for m in (policy, reference):
+        model.inner(m).visual.register_forward_hook(lambda mod, a, kw, out: seen.append(len(kw["grid_thw"])),
+                                                    with_kwargs=True)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=args.lr)
+    train_grpo.policy_step(policy, reference, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"), params, prompt,
+                           ids, mask, torch.tensor([1.0, -1.0, 0.5, -0.5, 0.2, 0.3, -0.9, 0.4]), args)
+    assert seen == images
+
+
+def test_a_batch_of_one_token_logs_its_own_kl_and_clip(tiny_dir, records):
+    """The logged KL and clip fraction are means over the batch's tokens, one token included: there they are that
+    token's k3 and 1 when its ratio is clipped (ε = 0 and the advantage's sign the log-ratio's)."""
+    args = train_grpo.parse_args(["--data", "-", "--group-size", "4", "--micro-batch", "4", "--epsilon", "0",
+                                  "--precision", "fp32"])
+    _, processor = model.load_model(tiny_dir, device="cpu")
+    prompt = data.prompt_batch(processor, records[:1])
+    ids, mask = data.target_batch(processor.tokenizer, records[1:5])
+    mask = torch.zeros_like(mask)
+    mask[2, 3] = 1
+    policy, reference = away_from_sft(tiny_dir, lora=False)
+    with torch.no_grad():
+        d = (model.group_logprobs(policy, prompt, ids, mask, 4) - model.group_logprobs(reference, prompt, ids, mask, 4))[2, 3]
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.0)
+    stats = train_grpo.policy_step(policy, reference, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"), params,
+                                   prompt, ids, mask, torch.tensor([0.0, 0.0, float(d.sign()), 0.0]), args)
+    assert stats["clip_frac"] == 1.0
+    assert stats["kl"] == pytest.approx(float(torch.exp(-d) + d - 1), rel=1e-5) and stats["kl"] > 1e-4
+
+
+def test_a_loss_that_is_not_finite_stops_the_step_before_the_update(tiny_dir, records, tmp_path):
+    """A NaN loss on any rank stops every rank before optimizer.step(): the weights stay as they were and the error
+    names the last good checkpoint and what to try."""
+    (tmp_path / "checkpoint-3").mkdir()
+    args = train_grpo.parse_args(["--data", "-", "--group-size", "4", "--micro-batch", "4", "--precision", "fp32",
+                                  "--out", str(tmp_path)])
+    _, processor = model.load_model(tiny_dir, device="cpu")
+    prompt = data.prompt_batch(processor, records[:1])
+    ids, mask = data.target_batch(processor.tokenizer, records[1:5])
+    policy, reference = away_from_sft(tiny_dir, lora=False)
+    before = run.trainable_state(policy)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    with pytest.raises(FloatingPointError, match=r"not finite.*checkpoint-3; try a lower --lr"):
+        train_grpo.policy_step(policy, reference, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"), params,
+                               prompt, ids, mask, torch.tensor([1.0, float("nan"), 0.5, -0.5]), args)
+    after = run.trainable_state(policy)
+    assert all(torch.equal(after[k], before[k]) for k in before)
 
 
 @pytest.mark.parametrize("loss_agg", ["seq", "token"])
