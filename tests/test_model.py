@@ -91,6 +91,27 @@ def test_repeat_prompts_repeats_rows_and_image_patches(tiny, records):
     assert len(repeated) == 6 and all(torch.equal(f, features[i]) for f, i in zip(repeated, (0, 0, 0, 1, 1, 1)))
 
 
+def test_precomputed_image_features_replace_the_tower_in_every_forward(tiny, records):
+    """With prompt["image_features"] (train_grpo.py's frozen tower, run once a step) a forward takes the features and
+    never runs the tower again, and its log-probs are those the pixels give."""
+    m, processor = tiny
+    prompt = data.prompt_batch(processor, records[:2])
+    ids, mask = data.target_batch(processor.tokenizer, records[2:6])
+    with torch.no_grad():
+        from_pixels = model.group_logprobs(m, prompt, ids, mask, 2)
+        featured = {**prompt, "image_features": model.image_features(m, prompt)}
+        calls = []
+        hook = model.inner(m).visual.register_forward_pre_hook(lambda *a: calls.append(1))
+        try:
+            shared = model.group_logprobs(m, featured, ids, mask, 2)
+            repeated = model.group_logprobs(m, featured, ids, mask, 2, share_prompt=False)
+        finally:
+            hook.remove()
+    assert calls == []
+    torch.testing.assert_close(shared, from_pixels, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(repeated, from_pixels, atol=1e-5, rtol=1e-5)
+
+
 def test_group_logprobs_share_the_prompt_and_equal_the_repeated_path(tiny, records):
     m, processor = tiny
     prompt = data.prompt_batch(processor, records[:3])

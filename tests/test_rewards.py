@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -127,14 +129,53 @@ def test_judge_is_deterministic_and_batched_equals_one_by_one(tiny, records):
         alone = torch.cat([judge.letter_logits([q], [o], [t]) for q, o, t in zip(*args)])
     torch.testing.assert_close(scores, alone, atol=1e-4, rtol=1e-4)
     assert [rewards.LETTERS[i] for i in scores.argmax(1).tolist()] == batched
-    forwards = []
-    hook = m.register_forward_pre_hook(lambda mod, a, kw: forwards.append(kw["input_ids"].numel()), with_kwargs=True)
-    judge.batch_tokens = 400  # a memory bound: several forwards of at most 400 tokens (rows x padded length)
+    forwards = []  # each forward's rows, as their unpadded lengths
+    hook = m.register_forward_pre_hook(lambda mod, a, kw: forwards.append(kw["attention_mask"].sum(1).tolist()),
+                                       with_kwargs=True)
     with torch.no_grad():
-        chunked = judge.letter_logits(*args)
+        judge.letter_logits(*args)
+        lengths = forwards.pop()  # one forward under the default budget
+        assert forwards == [] and len(lengths) == 6
+        # batch_tokens bounds a forward's rows x padded length: consecutive rows, as many as fit (exactly, for the
+        # first two here), and a row longer than the budget alone
+        for budget in (2 * max(lengths[:2]), 400, min(lengths) - 1):
+            judge.batch_tokens = budget
+            chunked = judge.letter_logits(*args)
+            assert sum(forwards, []) == lengths
+            for rows, following in zip(forwards, forwards[1:] + [None]):
+                assert len(rows) == 1 or len(rows) * max(rows) <= budget
+                if following:  # greedy: the next row would not have fitted
+                    assert (len(rows) + 1) * max(rows + following[:1]) > budget
+            torch.testing.assert_close(chunked, scores, atol=1e-4, rtol=1e-4)
+            forwards.clear()
     hook.remove()
-    assert len(forwards) > 1 and max(forwards) <= judge.batch_tokens
-    torch.testing.assert_close(chunked, scores, atol=1e-4, rtol=1e-4)
+
+
+def test_the_judge_reads_the_letter_a_plain_forward_gives(tiny, records):
+    """The judge's left padding and positions change nothing: each row's letter log-probs are those of one plain
+    forward over that row's prompt alone, at its last position."""
+    m, processor = tiny
+    judge = rewards.Judge(m, processor.tokenizer)
+    rs = records[:3]
+    thoughts = [r["cot"] * (1 + i) for i, r in enumerate(rs)]
+    with torch.no_grad():
+        scores = judge.letter_logits([r["question"] for r in rs], [r["options"] for r in rs], thoughts)
+        for row, r, t in zip(scores, rs, thoughts):
+            ids = processor.tokenizer(rewards.judge_prompt(processor.tokenizer, r["question"], r["options"], t),
+                                      add_special_tokens=False, return_tensors="pt")["input_ids"]
+            logp = m(input_ids=ids).logits[0, -1].float().log_softmax(-1)
+            assert all(fused == 0 for _, fused in judge.letters)  # the tiny tokenizer spells '>' and 'A' apart
+            expected = torch.stack([logp[token] for token, _ in judge.letters[:len(r["options"])]])
+            torch.testing.assert_close(row[:len(r["options"])], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_judge_reads_as_many_thought_tokens_as_the_scripts_pass():
+    import inspect
+
+    import evaluate
+    import train_grpo
+    default = inspect.signature(rewards.Judge).parameters["max_thought_tokens"].default
+    assert default == train_grpo.parse_args(["--data", "-"]).judge_max_tokens == evaluate.parse_args(["--ckpt", "x", "--data", "-"]).judge_max_tokens
 
 
 def test_consistency_reward_follows_the_judge(tiny, records):
@@ -221,8 +262,23 @@ def test_tokenizer_without_single_letter_tokens_is_refused(tiny):
         def __call__(self, text, add_special_tokens=False):
             return {"input_ids": [1, 2] + ([3, 4 + "ABCD".index(text[-1])] if text[-1] in "ABCD" else [])}
 
-    with pytest.raises(ValueError, match="does not spell the letter A in one token after"):
+    with pytest.raises(ValueError, match=re.escape("does not spell the letter A in one token after '<answer>' (token "
+                                                   "ids from the prompt's last token on: [2, 3, 4]); use another judge")):
         rewards.Judge(m, Fused())
+
+    class Swallowed(Fused):  # C adds nothing: the prompt's tokens again
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1, 5, 2] + ([20 + "ABD".index(text[-1])] if text[-1] in "ABD" else [])}
+
+    with pytest.raises(ValueError, match="does not spell the letter C in one token"):
+        rewards.Judge(m, Swallowed())
+
+    class Same(Fused):  # B and D spelled alike
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1, 5, 2] + ([{"A": 20, "B": 21, "C": 22, "D": 21}[text[-1]]] if text[-1] in "ABCD" else [])}
+
+    with pytest.raises(ValueError, match=re.escape("gives two letters of A-D one token; use another judge")):
+        rewards.Judge(m, Same())
 
 
 def test_a_letter_beyond_the_options_is_unparseable():
@@ -245,8 +301,8 @@ def test_the_judge_reads_each_letter_where_its_tokenizer_puts_it():
 
         def __call__(self, text, add_special_tokens=False):
             if text[-1] in "AB":
-                return {"input_ids": [1, 10 + "AB".index(text[-1])]}  # '>A' and '>B' fused
-            return {"input_ids": [1, 2] + ([20 + "CDE".index(text[-1])] if text[-1] in "CDE" else [])}
+                return {"input_ids": [1, 5, 10 + "AB".index(text[-1])]}  # '>A' and '>B' fused
+            return {"input_ids": [1, 5, 2] + ([20 + "CDE".index(text[-1])] if text[-1] in "CDE" else [])}
 
         def decode(self, ids):
             return ""
