@@ -137,8 +137,8 @@ def test_judge_is_deterministic_and_batched_equals_one_by_one(tiny, records):
         lengths = forwards.pop()  # one forward under the default budget
         assert forwards == [] and len(lengths) == 6
         # batch_tokens bounds a forward's rows x padded length: consecutive rows, as many as fit (exactly, for the
-        # first two here), and a row longer than the budget alone
-        for budget in (2 * max(lengths[:2]), 400, min(lengths) - 1):
+        # first two or for the fourth and fifth here), and a row longer than the budget alone
+        for budget in (2 * max(lengths[:2]), 2 * max(lengths[3:5]), 400, min(lengths) - 1):
             judge.batch_tokens = budget
             chunked = judge.letter_logits(*args)
             assert sum(forwards, []) == lengths
@@ -169,12 +169,11 @@ def test_the_judge_reads_the_letter_a_plain_forward_gives(tiny, records):
             torch.testing.assert_close(row[:len(r["options"])], expected, atol=1e-5, rtol=1e-5)
 
 
-def test_the_judge_reads_as_many_thought_tokens_as_the_scripts_pass():
-    import inspect
-
+def test_the_judge_reads_as_many_thought_tokens_as_the_scripts_pass(tiny):
     import evaluate
     import train_grpo
-    default = inspect.signature(rewards.Judge).parameters["max_thought_tokens"].default
+    m, processor = tiny
+    default = rewards.Judge(m, processor.tokenizer).max_thought_tokens  # what a Judge made without the argument reads
     assert default == train_grpo.parse_args(["--data", "-"]).judge_max_tokens == evaluate.parse_args(["--ckpt", "x", "--data", "-"]).judge_max_tokens
 
 
