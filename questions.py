@@ -133,7 +133,7 @@ def cot_for(task: str, facts: dict, answer: str, cues: dict) -> str:
     anatomy, modality, lesion = facts["anatomy"], facts["modality"], facts.get("pathology")
     seen = {"anatomy": f"The image shows {cues['anatomy'].get(anatomy, 'the outline')} of the {anatomy.lower()}",
             "modality": f"The image has {cues['modality'].get(modality, 'the appearance')} typical of {modality}",
-            "anomaly": (f"Inside the {anatomy.lower()} there is {cues['pathology'].get(lesion, 'a focal lesion')} "
+            "anomaly": (f"The {anatomy.lower()} shows {cues['pathology'].get(lesion, 'a focal lesion')} "
                         f"in the {REGION_WORDS.get(facts.get('region'), 'image')}, which is not normal tissue")
             if facts["anomaly"] else f"The {anatomy.lower()} shows uniform tissue without any focal lesion",
             "pathology": f"The lesion is {cues['pathology'].get(lesion, 'a focal lesion')}, the look of a {str(lesion).lower()}",
