@@ -14,7 +14,7 @@ set -euo pipefail
 OUT=${OUT:-runs/demo}
 A="$OUT/ablations"
 export HF_HUB_OFFLINE=1
-GRPO="--data $OUT/data/train.jsonl --judge $OUT/judge --epochs 0.2 --max-new-tokens 64 --lr 3e-4 --ratio-ref old"
+GRPO="--data $OUT/data/train.jsonl --judge $OUT/judge --epochs 0.2 --max-new-tokens 64 --lr 1e-4 --ratio-ref old"
 run() {  # name, checkpoint, extra flags; a run is done when its DONE marker, written last, is there
   [ -f "$A/$1/DONE" ] || python train_grpo.py --ckpt "$2" --out "$A/$1" $GRPO "${@:3}"
 }

@@ -22,12 +22,13 @@ python train_sft.py $SMALL --judge --out "$OUT/judge" --epochs 1
 # Stage 1 SFT (Eq. 1): all weights, vision tower included, since a model trained from scratch has nothing for a
 # LoRA to adapt; 3 epochs, not the paper's 2: after 2, localization stayed at chance in 2 seeds of 3 (docs/demo.md)
 python train_sft.py $SMALL --train-vision --out "$OUT/sft" --epochs 3
-# Stage 2 Con-GRPO (Eq. 2-8) from the SFT output on the training split: 758 steps at lr 3e-4 instead of 1e-6, and the
-# ratio against the sampling policy (--ratio-ref old, standard GRPO) instead of π_SFT: against π_SFT a token the
-# policy has learned gets r = π_θ/π_SFT times a normal gradient when its completion's advantage is negative (r up to
-# 983 here, bench/ratio_tail.py), and the run does not improve on SFT (docs/demo.md)
+# Stage 2 Con-GRPO (Eq. 2-8) from the SFT output on the training split: 758 steps at lr 1e-4 instead of 1e-6 (at 3e-4
+# the other tasks' gradients garble the anatomy thoughts), and the ratio against the sampling policy (--ratio-ref old,
+# standard GRPO) instead of π_SFT: against π_SFT a token the policy has learned gets r = π_θ/π_SFT times a normal
+# gradient when its completion's advantage is negative (r up to 983 here, bench/ratio_tail.py), and the run does not
+# improve on SFT (docs/demo.md)
 python train_grpo.py --ckpt "$OUT/sft" --out "$OUT/grpo" --judge "$OUT/judge" --epochs 0.4 --max-new-tokens 64 \
-  --lr 3e-4 --ratio-ref old --seed "$SEED"
+  --lr 1e-4 --ratio-ref old --seed "$SEED"
 python plot.py "$OUT/grpo/metrics.jsonl" --out "$OUT/grpo_curves.png" --smooth 20 || true  # needs matplotlib
 # Table 1: the untrained model, SFT-only and SFT + Con-GRPO on the test split, 3 sampling seeds, one judge
 python evaluate.py --ckpt "$OUT/tiny" "$OUT/sft" "$OUT/grpo" --names untrained SFT-only "SFT + Con-GRPO" \
