@@ -56,13 +56,12 @@ def test_the_samplers_logprobs_are_those_of_a_second_forward(tiny, records):
 def test_the_sampler_masks_padding_under_eager_attention_as_under_sdpa(tiny_dir, records):
     """Eager attention takes the mask as additive floats, SDPA as booleans: with a left-padded row, both decode the
     same tokens with the same log-probs (a wrong form lets the padding in, or masks the prompt out)."""
-    batch = None
     outs = {}
     for attention in ("sdpa", "eager"):
         m, processor = model.load_model(tiny_dir, device="cpu")
         m.set_attn_implementation(attention)
         assert m.config._attn_implementation == attention
-        batch = batch or left_padded_pair(processor, records)
+        batch = left_padded_pair(processor, records)
         outs[attention] = sampler.sample(m, processor, batch, group_size=2, max_new_tokens=24, seed=5)
     assert torch.equal(outs["sdpa"]["completion_ids"], outs["eager"]["completion_ids"])
     torch.testing.assert_close(outs["sdpa"]["logprobs"], outs["eager"]["logprobs"], atol=1e-5, rtol=1e-5)
