@@ -227,12 +227,21 @@ def prompt_batch(processor, records: list[dict]) -> dict:
     return dict(processor(text=texts, images=images, padding=True, return_tensors="pt"))
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, groups: list | None = None) -> list[list[int]]:
     """The global batches of one epoch over n items: a permutation seeded by the pair (seed, epoch) (numpy's SeedSequence:
     no two pairs share a stream), so that a resumed run sees the same, cut into ceil(n / batch_size) batches of exactly
     batch_size. The last is filled up from the start of the permutation (wrapped): every step has the same size, and
-    no rank of a data-parallel run is left without items."""
-    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    no rank of a data-parallel run is left without items. With `groups` (a key per item, such as its image) the keys
+    are permuted instead, each key's items kept together in their file order."""
+    rng = np.random.default_rng([seed, epoch])
+    if groups is None:
+        order = rng.permutation(n).tolist()
+    else:
+        members = {}
+        for i, key in enumerate(groups):
+            members.setdefault(key, []).append(i)
+        keys = list(members)
+        order = [i for k in rng.permutation(len(keys)) for i in members[keys[k]]]
     steps = -(-n // batch_size)
     wrapped = (order * -(-steps * batch_size // n))[:steps * batch_size]
     return [wrapped[i:i + batch_size] for i in range(0, len(wrapped), batch_size)]

@@ -282,6 +282,19 @@ def image_features(model, prompt: dict) -> tuple:
     return tuple(t.detach() for t in out.pooler_output)
 
 
+def shared_image_features(model, prompt: dict, images: list) -> dict:
+    """`prompt` with each distinct image run through the vision tower once, with its gradient, and its features handed
+    to every row that shows it (`images`: a key per row, one image a row, as prompt_batch makes them): the questions
+    of one image cost one pass of the tower, not one each."""
+    grid = prompt["image_grid_thw"]
+    patches = prompt["pixel_values"].split(grid.prod(1).tolist())
+    first = {key: row for row, key in reversed(list(enumerate(images)))}  # each image's first row
+    rows = sorted(first.values())
+    out = inner(model).get_image_features(torch.cat([patches[r] for r in rows]), grid[rows], return_dict=True)
+    features = dict(zip(rows, out.pooler_output))
+    return {**prompt, "image_features": tuple(features[first[key]] for key in images)}
+
+
 def model_inputs(prompt: dict) -> dict:
     """The keyword arguments of a forward pass over `prompt`: precomputed image features (image_features) go in as
     the model's mm_encoder_outputs instead of pixels."""

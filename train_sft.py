@@ -71,6 +71,11 @@ def parse_args(argv=None):
     p.add_argument("--judge", action="store_true", help="train a consistency judge F (Eq. 6) instead: text-only, "
                    "the judge prompt of rewards.py, cross-entropy of the right letter among the four given the "
                    "question, the options and the CoT. Use with --full (or --merge) and pass OUT to --judge")
+    p.add_argument("--group-by-image", action="store_true", help="shuffle images, not questions: the questions of "
+                   "an image come one after the other and share one pass of the vision tower in a micro-batch "
+                   "(a batch of 16 holds about 4 images of MedAD's ~4 questions each; the tower's forward and backward "
+                   "run once an image, not once a question; not for --judge, which reads no image). Default: questions "
+                   "shuffled one by one")
     p.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     p.add_argument("--precision", choices=["bf16", "fp32"], help="bf16: autocast, the LoRA's base in bf16 and trained "
                    "weights in fp32 (the paper's bf16); default: bf16 where the GPU supports it, else fp32")
@@ -100,8 +105,11 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def sft_loss(policy, prompt, target_ids, target_mask, n_tokens: float):
-    """Eq. 1: −Σ log π_θ(Y* | I, Q) over the target tokens, divided by the global batch's target token count."""
+def sft_loss(policy, prompt, target_ids, target_mask, n_tokens: float, images: list | None = None):
+    """Eq. 1: −Σ log π_θ(Y* | I, Q) over the target tokens, divided by the global batch's target token count. With
+    `images` (a key per row) the rows that show one image share one pass of the vision tower."""
+    if images is not None:
+        prompt = M.shared_image_features(policy, prompt, images)
     logps = M.completion_logprobs(policy, prompt, target_ids, target_mask)
     return -(logps * target_mask).sum() / n_tokens
 
@@ -160,6 +168,9 @@ def main(argv=None):
                          f"({world} x {args.micro_batch})")
     if args.fsdp and not args.full:
         raise SystemExit("--fsdp shards a full fine-tune (--full); a LoRA fits one GPU replicated")
+    if args.fsdp and args.group_by_image:  # the shared tower runs outside the model's forward, which FSDP2 gathers for
+        raise SystemExit("--group-by-image runs the vision tower outside the model's forward, where FSDP2 does not "
+                         "gather its weights: drop one of --group-by-image and --fsdp")
     torch.manual_seed(args.seed + rank)  # each rank its own dropout; the weights are rank 0's (broadcast below)
 
     # ---- model: the base, LoRA on the language model (or all weights with --full), AdamW ----
@@ -197,9 +208,11 @@ def main(argv=None):
               f"process(es) on {device}" + (f", resumed at step {step}" if step else ""))
 
     # ---- the loop: a global batch per step, accumulated over micro-batches ----
+    groups = [r["image_path"] for r in records] if args.group_by_image and not args.judge else None
     bar = tqdm(total=total_steps, initial=step, desc=stage, disable=rank != 0, dynamic_ncols=True)
     while step < total_steps:
-        batch = data.epoch_batches(len(records), args.batch_size, args.seed, step // steps_per_epoch)[step % steps_per_epoch]
+        batch = data.epoch_batches(len(records), args.batch_size, args.seed, step // steps_per_epoch,
+                                   groups)[step % steps_per_epoch]
         mine = [records[i] for i in batch[rank::world]]  # each rank its share of the same global batch
         chunks = [mine[i:i + args.micro_batch] for i in range(0, len(mine), args.micro_batch)]
         t0, loss_sum = time.time(), 0.0
@@ -211,7 +224,8 @@ def main(argv=None):
             inputs = [(data.prompt_batch(processor, c), *data.target_batch(processor.tokenizer, c)) for c in chunks]
             n_tokens = D.all_reduce_sum(float(sum(mask.sum() for _, _, mask in inputs)))
             micro = [partial(sft_loss, policy, {k: v.to(device) for k, v in prompt.items()}, ids.to(device),
-                             mask.to(device), n_tokens) for prompt, ids, mask in inputs]
+                             mask.to(device), n_tokens, [r["image_path"] for r in c] if groups else None)
+                     for c, (prompt, ids, mask) in zip(chunks, inputs)]
         for micro_loss in micro:
             with M.autocast(device, args.precision):  # forward passes only, never around optimizer.step()
                 loss = micro_loss()

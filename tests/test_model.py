@@ -91,6 +91,38 @@ def test_repeat_prompts_repeats_rows_and_image_patches(tiny, records):
     assert len(repeated) == 6 and all(torch.equal(f, features[i]) for f, i in zip(repeated, (0, 0, 0, 1, 1, 1)))
 
 
+def test_shared_image_features_give_the_plain_loss_and_gradients_with_one_tower_pass_an_image(tiny, records):
+    """train_sft.py --group-by-image: the rows that show one image share its tower pass (with gradient); the loss
+    and every gradient, the vision tower's included, are those of one pass a row."""
+    m, processor = tiny
+    m.requires_grad_(True)
+    two = [r for r in records if r["image_path"] == records[0]["image_path"]][:2]
+    other = next(r for r in records if r["image_path"] != records[0]["image_path"])
+    rows = [two[0], other, two[1]]  # image X, image Y, image X again
+    prompt = data.prompt_batch(processor, rows)
+    ids, mask = data.target_batch(processor.tokenizer, rows)
+    patches_seen = []
+    hook = model.inner(m).visual.patch_embed.register_forward_pre_hook(lambda mod, a: patches_seen.append(len(a[0])))
+
+    def loss_and_grads(shared):
+        m.zero_grad()
+        inputs = model.shared_image_features(m, prompt, [r["image_path"] for r in rows]) if shared else prompt
+        loss = -(model.completion_logprobs(m, inputs, ids, mask) * mask).sum()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    try:
+        plain, plain_grads = loss_and_grads(False)
+        shared, shared_grads = loss_and_grads(True)
+    finally:
+        hook.remove()
+    per_image = int(prompt["image_grid_thw"][0].prod())
+    assert patches_seen == [3 * per_image, 2 * per_image]  # three images' patches, then two
+    torch.testing.assert_close(shared, plain)
+    assert plain_grads.keys() == shared_grads.keys() and any("visual" in n for n in plain_grads)
+    for name, grad in plain_grads.items():  # the same sums in another order: equal to rounding, relative to the whole
+        assert (shared_grads[name] - grad).norm() <= 1e-5 * grad.norm(), name
+
+
 def test_precomputed_image_features_replace_the_tower_in_every_forward(tiny, records):
     """With prompt["image_features"] (train_grpo.py's frozen tower, run once a step) a forward takes the features and
     never runs the tower again, and its log-probs are those the pixels give."""

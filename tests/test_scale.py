@@ -185,6 +185,19 @@ def test_epoch_batches_are_full_and_wrap_the_tail():
     assert data.epoch_batches(50, 50, 0, 1000) != data.epoch_batches(50, 50, 1, 0)
 
 
+def test_epoch_batches_by_group_keep_each_groups_items_together():
+    groups = ["a", "b", "a", "c", "b", "a", "d"]  # items 0, 2, 5 share key "a"; 1, 4 key "b"
+    order = sum(data.epoch_batches(7, 7, seed=0, epoch=0, groups=groups), [])
+    assert sorted(order) == list(range(7))
+    runs = [groups[i] for i in order]
+    assert all(runs.index(k) + groups.count(k) - 1 == len(runs) - 1 - runs[::-1].index(k) for k in set(groups))
+    assert [i for i in order if groups[i] == "a"] == [0, 2, 5]  # in file order within the group
+    # the groups' order changes with the epoch, as the items' does without groups
+    firsts = {tuple(dict.fromkeys(groups[i] for i in sum(data.epoch_batches(7, 7, 0, e, groups), []))) for e in range(6)}
+    assert len(firsts) > 1
+    assert data.epoch_batches(7, 3, 0, 0) == data.epoch_batches(7, 3, 0, 0, None)  # no groups: as before
+
+
 @pytest.fixture(scope="module")
 def two_rank_runs(sft5, five, tmp_path_factory):
     """One epoch over five prompts on two ranks, replicated and with FSDP: 3 steps, the last wrapped."""

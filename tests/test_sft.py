@@ -80,6 +80,23 @@ def test_two_gloo_processes_equal_one(tiny_dir, synth_dir, tmp_path):
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
 
 
+def test_group_by_image_takes_the_plain_step(tiny_dir, eight, tmp_path):
+    """--group-by-image over a one-batch epoch (the eight questions of a few images): the same step as the plain run,
+    the vision tower's weights included, from one tower pass an image."""
+    assert len({r["image"] for r in data.load_jsonl(eight)}) < 8  # images with several questions each
+    common = ["--full", "--train-vision", "--epochs", "1", "--batch-size", "8", "--micro-batch", "8", "--lr", "1e-2"]
+    run(tiny_dir, eight, tmp_path / "plain", *common)
+    run(tiny_dir, eight, tmp_path / "grouped", *common, "--group-by-image")
+    a, b = load_file(tmp_path / "plain" / "model.safetensors"), load_file(tmp_path / "grouped" / "model.safetensors")
+    start = load_file(os.path.join(tiny_dir, "model.safetensors"))
+    vision = next(k for k in a if "visual" in k and "weight" in k)
+    assert not torch.equal(a[vision], start[vision])  # the tower moved
+    for k in a:  # Adam's first step is about lr·sign(g): gradients at rounding level move a weight by up to 1e-5
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-4, msg=k)
+    with pytest.raises(SystemExit, match="drop one of --group-by-image and --fsdp"):
+        run(tiny_dir, eight, tmp_path / "refused", *common, "--group-by-image", "--fsdp")
+
+
 def test_bad_data_fails_before_training(tiny_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "task": "anatomy"}\n')
