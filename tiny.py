@@ -99,7 +99,7 @@ def real_config(tokenizer) -> Qwen2_5_VLConfig:
 
 
 def tiny_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 64,
-                vision_layers: int = 1, rope_theta: float = 1e4) -> Qwen2_5_VLConfig:
+                vision_layers: int = 1, rope_theta: float = 1e4, vision_heads: int = 2) -> Qwen2_5_VLConfig:
     head_dim = hidden // heads
     half = head_dim // 2  # M-RoPE splits head_dim/2 frequencies over (time, height, width)
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
@@ -110,7 +110,7 @@ def tiny_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, vi
                          rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope},
                          initializer_range=0.3, **text_ids(tokenizer)),
         vision_config=dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
-                           num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
+                           num_heads=vision_heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                            window_size=112, out_hidden_size=hidden, fullatt_block_indexes=list(range(vision_layers)),
                            # 0.05, not 0.02: image tokens then leave the merger at about the scale of the text
                            # embeddings (std ~0.4 vs 0.3; 0.06 at 0.02), and are not drowned in the residual stream
@@ -135,7 +135,8 @@ def corpus_lines(paths: list[str]):
 
 def build_tiny(out: str, *, seed: int = 0, corpus=(), vocab_size: int = 1024, hidden: int = 64, layers: int = 2,
                heads: int = 4, rope_theta: float = 1e4, image_px: int = 112, dtype: torch.dtype = torch.float32,
-               device: str = "cpu", preset: str | None = None, vision_hidden: int = 64, vision_layers: int = 1) -> str:
+               device: str = "cpu", preset: str | None = None, vision_hidden: int = 64, vision_layers: int = 1,
+               vision_heads: int = 2) -> str:
     """Write a randomly initialised tiny Qwen2.5-VL and its processor to `out`; loads like the hub model. Built on
     `device` and written in `dtype` (the 3.75B model of preset="qwen2.5-vl-3b" initialises in seconds on a GPU and
     takes half the disk in bf16)."""
@@ -144,7 +145,7 @@ def build_tiny(out: str, *, seed: int = 0, corpus=(), vocab_size: int = 1024, hi
     tokenizer.chat_template = CHAT_TEMPLATE
     config = real_config(tokenizer) if preset == "qwen2.5-vl-3b" else \
         tiny_config(tokenizer, hidden=hidden, layers=layers, heads=heads, rope_theta=rope_theta,
-                    vision_hidden=vision_hidden, vision_layers=vision_layers)
+                    vision_hidden=vision_hidden, vision_layers=vision_layers, vision_heads=vision_heads)
     with torch.device(device):
         model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
     model.generation_config = GenerationConfig(
@@ -169,6 +170,8 @@ def main(argv=None):
     p.add_argument("--heads", type=int, default=4, help="attention heads of the language model (default: %(default)s)")
     p.add_argument("--vision-hidden", type=int, default=64, help="width of the vision tower (default: %(default)s)")
     p.add_argument("--vision-layers", type=int, default=1, help="blocks of the vision tower (default: %(default)s)")
+    p.add_argument("--vision-heads", type=int, default=2, help="attention heads of the vision tower (default: "
+                   "%(default)s)")
     p.add_argument("--rope-theta", type=float, default=1e4, help="rotary base; Qwen's 1e6 leaves a 16-dim head "
                    "about two frequencies that resolve nearby positions (default: %(default)s)")
     p.add_argument("--image-px", type=int, default=112, help="largest image side the processor keeps, in pixels "
@@ -185,7 +188,7 @@ def main(argv=None):
     build_tiny(args.out, seed=args.seed, corpus=list(corpus_lines(args.corpus)), vocab_size=args.vocab_size,
                hidden=args.hidden, layers=args.layers, heads=args.heads, rope_theta=args.rope_theta, image_px=args.image_px,
                dtype=getattr(torch, args.dtype), device=args.device, preset=args.preset,
-               vision_hidden=args.vision_hidden, vision_layers=args.vision_layers)
+               vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, vision_heads=args.vision_heads)
     from safetensors import safe_open  # counted from the files' headers: nothing is loaded back
     count = 0
     for file in glob.glob(os.path.join(args.out, "*.safetensors")):

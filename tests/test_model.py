@@ -274,3 +274,20 @@ def test_completion_texts_keep_special_tokens_but_not_the_final_end_of_turn(tiny
     assert mask[0].sum() == 2 * len(word) + 2 and mask[1].all()
     texts = model.completion_texts(tok, ids, mask, ended)
     assert texts == ["<think><|im_start|><think>", "<think><think><|im_start|><think>"]
+
+
+def test_tiny_vision_tower_flags_shape_the_tower(synth_dir, records, tmp_path):
+    """tiny.py --vision-hidden/--vision-layers/--vision-heads (the demo's miniature settings) reach the written config
+    and a model that reads an image with them."""
+    import tiny
+    out = str(tmp_path)
+    tiny.main(["--out", out, "--corpus", os.path.join(synth_dir, "train.jsonl"), "--vocab-size", "512",
+               "--vision-hidden", "32", "--vision-layers", "3", "--vision-heads", "4"])
+    vision = json.load(open(os.path.join(out, "config.json")))["vision_config"]
+    assert (vision["hidden_size"], vision["depth"], vision["num_heads"]) == (32, 3, 4)
+    assert vision["fullatt_block_indexes"] == [0, 1, 2]
+    m, processor = model.load_model(out, device="cpu")
+    assert len(model.inner(m).visual.blocks) == 3 and model.inner(m).visual.blocks[0].attn.num_heads == 4
+    with torch.no_grad():
+        features = model.image_features(m, data.prompt_batch(processor, records[:1]))
+    assert features[0].shape[-1] == m.config.text_config.hidden_size and torch.isfinite(features[0]).all()
