@@ -8,8 +8,8 @@
 # hidden-conclusion judge, their consistency judged both ways.
 # Every run takes the demo's Stage 2 settings but, for time, half its steps (379; the full run here is its own run of
 # that length, so that every row is comparable); RL-only 190, as its rewards are all 0. Each row is evaluated with 3
-# sampling seeds and the demo's judge. About 40 minutes on 2 CPU cores; finished runs are skipped when it is run
-# again. Tables go to $OUT/ablations/ (docs/ablations.md shows them as measured).
+# sampling seeds and the demo's judge. About 31 minutes on 2 CPU cores, alone on the machine; finished runs are
+# skipped when it is run again. Tables go to $OUT/ablations/ (docs/ablations.md shows them as measured).
 set -euo pipefail
 OUT=${OUT:-runs/demo}
 A="$OUT/ablations"
