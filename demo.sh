@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The paper in miniature on a CPU: synthetic MedAD set -> tiny Qwen2.5-VL -> SFT -> Con-GRPO -> Table 1.
-# About 13 minutes on 2 CPU cores here, alone on the machine (twice that on a slower machine of the same kind). The algorithm and its
-# defaults are the paper's (G=8, β=0.04, ε=0.2, λ=1/3 each, 8 prompts x 8 per step); what is set for a 0.96M-parameter
-# model trained from scratch is written next to each command. docs/demo.md says what this shows and what it does not.
+# About 13 minutes on 2 CPU cores here, alone on the machine (twice that on a slower machine of the same kind). The
+# algorithm and its defaults are the paper's (G=8, β=0.04, ε=0.2, λ=1/3 each, 8 prompts x 8 per step); what is set for
+# a 0.96M-parameter model trained from scratch is written next to each command. docs/demo.md says what this shows and
+# what it does not.
 #   SEED=1 OUT=runs/demo1 bash demo.sh   # another run: other initialisation, data order and sampling, same data
 set -euo pipefail
 OUT=${OUT:-runs/demo}

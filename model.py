@@ -288,8 +288,10 @@ def shared_image_features(model, prompt: dict, images: list) -> dict:
     of one image cost one pass of the tower, not one each."""
     grid = prompt["image_grid_thw"]
     patches = prompt["pixel_values"].split(grid.prod(1).tolist())
-    first = {key: row for row, key in reversed(list(enumerate(images)))}  # each image's first row
-    rows = sorted(first.values())
+    first = {}  # each image's first row
+    for row, key in enumerate(images):
+        first.setdefault(key, row)
+    rows = list(first.values())
     out = inner(model).get_image_features(torch.cat([patches[r] for r in rows]), grid[rows], return_dict=True)
     features = dict(zip(rows, out.pooler_output))
     return {**prompt, "image_features": tuple(features[first[key]] for key in images)}
