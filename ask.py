@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 import data  # noqa: E402
 import model as M  # noqa: E402
+import precision  # noqa: E402
 import rewards  # noqa: E402
 import sampler  # noqa: E402
 
@@ -51,8 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--judge", help="a judge (model folder or hub id, an SFT output too) that reads the question, the "
                    "options and the thought only, and names the letter it leads to")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, default=M.MAX_PIXELS, help="larger images are resized down to this many "
-                   "pixels (default: %(default)s)")
+    p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)
     p.add_argument("--precision", choices=["bf16", "fp32"], help="default: bf16 where the GPU supports it, else fp32")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code from the hub")
     return p.parse_args(argv)
@@ -81,7 +81,7 @@ def ask(policy, processor, records: list[dict], args, judge=None) -> list[dict]:
     out = []
     for r in records:
         prompt = {k: v.to(policy.device) for k, v in data.prompt_batch(processor, [r]).items()}
-        with M.autocast(policy.device, args.precision):
+        with precision.autocast(policy.device, args.precision):
             texts = sampler.decode(policy, processor, prompt, group_size=args.samples, greedy=args.samples == 1,
                                    temperature=args.temperature, max_new_tokens=args.max_new_tokens, seed=args.seed)["texts"]
             judged = rewards.consistency_rewards(judge, texts, [r["question"]] * len(texts), [r["options"]] * len(texts))[1] \
@@ -144,11 +144,14 @@ def main(argv=None):
         except Exception as e:  # PIL raises many kinds for a broken file
             raise SystemExit(f"ask.py: --image {args.image}: not a readable image ({type(e).__name__}: {e})") from None
         records = [{"id": args.image + where, "image_path": image, "question": args.question, "options": options}]
-    policy, processor = M.load_model(args.ckpt, device=device, dtype=M.weights_dtype(args.precision, trained=False),
+    policy, processor = M.load_model(args.ckpt, device=device, dtype=precision.weights_dtype(args.precision, trained=False),
                                      trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels)
-    M.fp32_logits(policy)
-    judge = rewards.Judge(*M.load_judge(args.judge, device=device, dtype=M.weights_dtype(args.precision, trained=False),
-                                        trust_remote_code=args.trust_remote_code)) if args.judge else None
+    precision.fp32_logits(policy)
+    judge = None
+    if args.judge:
+        judge_model, judge_tokenizer = M.load_judge(args.judge, device=device, trust_remote_code=args.trust_remote_code,
+                                                    dtype=precision.weights_dtype(args.precision, trained=False))
+        judge = rewards.Judge(precision.fp32_logits(judge_model), judge_tokenizer)
     torch.manual_seed(args.seed)
     rows = ask(policy, processor, records, args, judge)
     print("== prompt (as the model sees it, the image where <|image_pad|> is)")

@@ -37,9 +37,7 @@ def parse_args(argv=None):
                    "the CoTs and judges them: Qwen2.5-VL, Gemma 3 (MedGemma), or any AutoModelForImageTextToText")
     p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per description and per CoT (default: 256)")
-    p.add_argument("--max-pixels", type=int, default=M.MAX_PIXELS, help="larger images are resized down to this many "
-                   "pixels, aspect kept (default: %(default)s = 1,280 image tokens of 28x28; a lower bound of the "
-                   "checkpoint's processor stays)")
+    p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)
     return p.parse_args(argv)
 
 

@@ -247,8 +247,9 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, groups: list |
     return [wrapped[i:i + batch_size] for i in range(0, len(wrapped), batch_size)]
 
 
-def target_batch(tokenizer, records: list[dict], end_of_turn: str = "<|im_end|>"):
-    """Target token ids right-padded [B, T] and their mask: the target and its end-of-turn token, nothing else.
+def target_batch(tokenizer, records: list[dict], end_of_turn: str):
+    """Target token ids right-padded [B, T] and their mask: the target and the model's end-of-turn token (<|im_end|>
+    for Qwen, <end_of_turn> for Gemma: model.end_of_turn reads it off the chat template), nothing else.
 
     The target is tokenized on its own, as generation produces it after the prompt.
     """

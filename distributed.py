@@ -3,7 +3,7 @@
 Rank 0's weights are broadcast to every rank at the start; gradients are summed over ranks and clipped; FSDP2 shards
 are gathered for a no-grad loop (sampling, judging) once, not once per forward.
 
-Imports model.py only (the Qwen2.5-VL core whose decoder layers and vision blocks become FSDP units).
+Imports model.py only (a family's decoder layers and vision blocks become FSDP units).
 
 One process by default. Under torchrun a process group exists whatever its size (so that `torchrun
 --nproc_per_node 1` on one GPU runs NCCL as 8 GPUs do), every collective takes tensors on the group's device (NCCL
@@ -124,8 +124,7 @@ def shard(model):
     if not dist.is_initialized():
         raise SystemExit("--fsdp needs a process group: run the script with torchrun (torchrun --nproc_per_node 1 "
                          "... on one GPU)")
-    inner = M.inner(model)
-    for unit in [*inner.visual.blocks, *inner.language_model.layers]:
+    for unit in M.fsdp_units(model):  # the family's vision blocks and the language model's decoder layers
         fully_shard(unit)
     fully_shard(model)
     for unit in _fsdp_units(model):

@@ -34,6 +34,7 @@ from tqdm import tqdm
 import answers
 import data
 import model as M
+import precision
 import rewards
 
 EXTRA = [("format_rate", "Format"), ("consistency_rate", "Consistency"), ("consistency_parsed", "Consistency (parsed)"),
@@ -69,9 +70,7 @@ def parse_args(argv=None):
                    "a thought: all of it (the paper) or all but its concluding part (default: %(default)s)")
     p.add_argument("--judge-max-tokens", type=int, default=768, help="thought tokens the judge reads (the end)")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N questions only (0: all)")
-    p.add_argument("--max-pixels", type=int, default=M.MAX_PIXELS, help="larger images are resized down to this many "
-                   "pixels, aspect kept (default: %(default)s = 1,280 image tokens of 28x28; a lower bound of the "
-                   "checkpoint's processor stays)")
+    p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)
     p.add_argument("--precision", choices=["bf16", "fp32"], help="bf16: bf16 weights under autocast, the LM head in "
                    "fp32, as training scores; default: bf16 where the GPU supports it, else fp32")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code from the hub")
@@ -168,12 +167,13 @@ def main(argv=None):
         print(f"evaluate.py: warning: no anomaly question of {args.data} has \"{answers.ABNORMAL}\" or "
               f"\"{answers.NORMAL}\" as its answer; anomaly sensitivity and specificity are left blank")
     device = M.default_device()
-    precision = args.precision or M.default_precision(device)
-    dtype = M.weights_dtype(precision, trained=False)  # bf16 weights: a 72B baseline fits; the head in fp32
+    regime = args.precision or M.default_precision(device)
+    dtype = precision.weights_dtype(regime, trained=False)  # bf16 weights: a 72B baseline fits; the head in fp32
     fixed_judge = None
     if judge_path not in ("self", "none"):
-        fixed_judge = rewards.Judge(*M.load_judge(judge_path, device=device, dtype=dtype,
-                                                  trust_remote_code=args.trust_remote_code),
+        judge_model, judge_tokenizer = M.load_judge(judge_path, device=device, dtype=dtype,
+                                                    trust_remote_code=args.trust_remote_code)
+        fixed_judge = rewards.Judge(precision.fp32_logits(judge_model), judge_tokenizer,
                                     max_thought_tokens=args.judge_max_tokens)
     judge_line = f"Consistency judged by: {judge_path} ({how}); the judge reads {args.judge_view} thoughts."
     print(judge_line)
@@ -182,12 +182,12 @@ def main(argv=None):
     for name, ckpt in zip(names, args.ckpt):
         policy, processor = M.load_model(ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code,
                                          max_pixels=args.max_pixels)
-        M.fp32_logits(policy)
+        precision.fp32_logits(policy)
         judge = rewards.Judge(policy, processor.tokenizer, max_thought_tokens=args.judge_max_tokens) \
             if judge_path == "self" else fixed_judge  # None with --judge none: no consistency column
         per_seed, t0 = [], time.time()
         for seed in tqdm(args.seeds, desc=f"evaluate {name}", dynamic_ncols=True):
-            with M.autocast(device, precision):
+            with precision.autocast(device, regime):
                 rows = answers.answer(policy, processor, records, judge=judge, seed=seed, greedy=args.temperature == 0,
                                       temperature=args.temperature or 1.0, top_p=args.top_p,
                                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
@@ -201,7 +201,7 @@ def main(argv=None):
         del policy, judge
     report = {"command": " ".join([os.path.basename(sys.executable), *sys.argv]) if argv is None else argv,
               "data": os.path.abspath(args.data), "questions": len(records), "seeds": args.seeds,
-              "temperature": args.temperature, "precision": precision,
+              "temperature": args.temperature, "precision": regime,
               "judge": {"model": judge_path, "how": how, "view": args.judge_view}, "results": results}
     json.dump(report, open(os.path.join(args.out, "results.json"), "w"), indent=2)
     data.write_jsonl(os.path.join(args.out, "predictions.jsonl"), predictions)

@@ -1,34 +1,122 @@
-"""Qwen2.5-VL for MedAD-R1: loading a policy, reference or judge; LoRA; precision; per-token log-probs.
+"""Vision-language models for MedAD-R1: the families, loading a policy, reference or judge, LoRA, per-token log-probs.
 
-A model is a hub id, a folder or a PEFT adapter folder (base + adapter, merged).
+A model is a hub id, a folder or a PEFT adapter folder (base + adapter, merged). Qwen2.5-VL (the paper's) and the
+families researchers fine-tune now share every line below but the table FAMILIES: what one family does its own way.
 
 Imports nothing from the project, so it can be copied alone into another experiment. Beside it: the sampler
-(`sampler.py`), data parallel and FSDP2 (`distributed.py`), checkpoints and logs (`run.py`), the tiny offline model
-(`tiny.py`).
+(`sampler.py`), bf16 and the fp32 LM head (`precision.py`), data parallel and FSDP2 (`distributed.py`), checkpoints
+and logs (`run.py`), the tiny offline models (`tiny.py`).
 """
 import glob
 import json
 import os
-import types
-from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, Qwen2_5_VLProcessor
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+import transformers
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
-MAX_PIXELS = 1280 * 28 * 28  # 1,003,520 pixels: at most 1,280 image tokens a picture (--max-pixels)
-END_OF_TURN = "<|im_end|>"
-# LoRA on the language model's attention and MLP projections only: the vision tower uses the same
-# module names (gate_proj, ...), so a plain name list would wrap it too.
+MAX_IMAGE_TOKENS = 1280  # an image of more is resized down (--max-pixels): 1280 x 28 x 28 pixels for Qwen2.5-VL
+MAX_PIXELS_HELP = ("larger images are resized down to this many pixels, aspect kept (default: 1,280 image tokens: "
+                   "1280 x 28 x 28 for 14-px patches (Qwen2.5-VL), 1280 x 32 x 32 for 16-px ones (Qwen3-VL); a lower "
+                   "bound of the checkpoint's processor stays)")
+# LoRA on the language model's attention and MLP projections only: vision towers use the same module names
+# (gate_proj, q_proj, ...), so the targets are matched under the language model alone (add_lora).
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
-class ImageOnlyProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor without its video processor, which needs torchvision (not importable with CPU torch)."""
+# ---- the families: what each does its own way (docs/families.md: how to add one) ----
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+@dataclass(frozen=True)
+class Family:
+    name: str  # tiny.py --family, FAMILY= of demo.sh
+    processor: str  # transformers' processor class, built without a video processor (that needs torchvision)
+    image_processor: str  # its PIL image processor (the fast one needs torchvision)
+    banned: tuple  # tokens a completion may never hold (vision placeholders: one breaks the next forward)
+    vision: tuple  # the backbone's vision modules, frozen unless --train-vision
+    vision_blocks: str  # the tower's blocks under the backbone: FSDP2 units, and where --train-vision puts LoRA
+    vision_lora: str  # the projections of a tower block that --train-vision wraps in LoRA
+    encoder_output: Callable  # per-image features -> mm_encoder_outputs["image"], as the model's forward takes it
+    positions: Callable  # (model, inputs) -> position ids of every token, each row's next position
+    mask: Callable  # (model, allowed [B, 1, queries, keys] bool) -> the attention mask a forward takes
+
+
+def _pooled(features):
+    return BaseModelOutputWithPooling(pooler_output=tuple(f[0] for f in features))
+
+
+def _deepstack(features):
+    """Qwen3-VL: each image's merged tokens, and the features of its tower's deepstack layers that the language model
+    adds to its first layers' hidden states at the image's positions."""
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+    pooled, *deep = (tuple(per_image) for per_image in zip(*features))
+    return BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=list(deep))
+
+
+def _mrope_positions(model, inputs):
+    """M-RoPE (Qwen): [3, B, T] positions, image tokens on their (time, height, width) grid, padding not counted; and
+    each row's next position (text positions resume after the image's largest)."""
+    positions, deltas = inner(model).get_rope_index(inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                                    image_grid_thw=inputs.get("image_grid_thw"),
+                                                    attention_mask=inputs["attention_mask"])
+    return positions, inputs["attention_mask"].sum(1) + deltas.view(-1)
+
+
+def _tensor_mask(model, allowed):
+    """A 4D mask, which the attention takes as it is: booleans for SDPA, additive floats for eager attention."""
+    if model.config._attn_implementation == "eager":
+        return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return allowed
+
+
+QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+FAMILIES = {  # by config.model_type
+    "qwen2_5_vl": Family(name="qwen2.5-vl", processor="Qwen2_5_VLProcessor", image_processor="Qwen2VLImageProcessorPil",
+                         banned=QWEN_VISION, vision=("visual",), vision_blocks="visual.blocks",
+                         vision_lora="qkv|proj|gate_proj|up_proj|down_proj", encoder_output=_pooled,
+                         positions=_mrope_positions, mask=_tensor_mask),
+    # Qwen3-VL: 16-px patches, a learned position grid in the tower, deepstack features, interleaved M-RoPE
+    "qwen3_vl": Family(name="qwen3-vl", processor="Qwen3VLProcessor", image_processor="Qwen2VLImageProcessorPil",
+                       banned=QWEN_VISION, vision=("visual",), vision_blocks="visual.blocks",
+                       vision_lora="qkv|proj|linear_fc1|linear_fc2", encoder_output=_deepstack,
+                       positions=_mrope_positions, mask=_tensor_mask),
+}
+
+
+def family(model_or_config) -> Family:
+    """The FAMILIES entry of a model (PEFT-wrapped or not) or of its config."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if config.model_type not in FAMILIES:
+        raise ValueError(f"a {config.model_type} model is not of a family this code trains "
+                         f"({', '.join(f.name for f in FAMILIES.values())}); evaluate.py answers with it through "
+                         "transformers' generate as a baseline row. To train it, add it to model.FAMILIES "
+                         "(docs/families.md)")
+    return FAMILIES[config.model_type]
+
+
+def inner(model):
+    """The backbone (vision tower, language model) inside a policy, whatever wraps it (PEFT, DDP)."""
+    while "language_model" not in model._modules:
+        wrapped = [model._modules[k] for k in ("model", "base_model", "module") if k in model._modules]
+        if not wrapped:
+            raise ValueError(f"no backbone with a language_model inside this {type(model).__name__}")
+        model = wrapped[0]
+    return model
+
+
+def vision_modules(model) -> list:
+    """The vision tower and projector: frozen unless --train-vision."""
+    backbone = inner(model)
+    return [backbone.get_submodule(name) for name in family(model).vision]
+
+
+def fsdp_units(model) -> list:
+    """The modules FSDP2 shards one by one: the tower's blocks and the language model's layers."""
+    backbone = inner(model)
+    return [*backbone.get_submodule(family(model).vision_blocks), *backbone.language_model.layers]
 
 
 # ---- loading ----
@@ -46,34 +134,67 @@ def default_dtype(device) -> torch.dtype:
     return torch.bfloat16 if default_precision(device) == "bf16" else torch.float32
 
 
-def load_processor(path: str, trust_remote_code: bool = False, max_pixels: int | None = None):
-    """The processor of a hub id or folder, left-padded; AutoProcessor where torchvision exists, else the PIL one.
-    With max_pixels, larger images are resized down to at most that many pixels (limit_pixels)."""
+def model_type(path: str, trust_remote_code: bool = False) -> str:
+    """config.model_type of a model folder, an adapter folder's base, or a (cached) hub id; for a folder of a processor
+    alone, the type whose processor class its preprocessor_config.json names."""
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(adapter_base(path) or path, trust_remote_code=trust_remote_code).model_type
+    except (OSError, ValueError) as e:
+        saved = [os.path.join(path, f"{name}_config.json") for name in ("processor", "preprocessor")]
+        named = {json.load(open(f)).get("processor_class") for f in saved if os.path.isfile(f)}
+        kinds = [kind for kind, own in FAMILIES.items() if own.processor in named]
+        if not kinds:
+            raise ValueError(f"cannot tell which model {path} is for: no config.json, adapter_config.json or "
+                             "processor_class in processor_config.json") from e
+        return kinds[0]
+
+
+def image_only(processor_class):
+    """A processor class that takes no video processor, which needs torchvision (not importable with CPU torch)."""
+    if "video_processor" not in processor_class.get_attributes():
+        return processor_class
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        processor_class.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+    return type(processor_class.__name__, (processor_class,), {"__init__": __init__})  # saved under the class's name
+
+
+def load_processor(path: str, trust_remote_code: bool = False, max_pixels: int | None = None, kind: str | None = None):
+    """The processor of a hub id or folder, left-padded: AutoProcessor where torchvision exists, else the family's own
+    classes without a video processor (`kind`: the model's config.model_type, read from the folder when not given).
+    Larger images are resized down to at most max_pixels pixels (limit_pixels)."""
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, padding_side="left")
     except (ImportError, OSError, ValueError, TypeError, AttributeError):
         processor = None
     if not hasattr(processor, "image_processor"):  # no torchvision, or a folder without config.json (an adapter)
+        kind = kind or model_type(path, trust_remote_code)
+        if kind not in FAMILIES:
+            raise ValueError(f"cannot load the processor of {path}: AutoProcessor failed (install torchvision) and a "
+                             f"{kind} model is not in model.FAMILIES, whose processor classes need none")
+        own = FAMILIES[kind]
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code)
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
-        processor = ImageOnlyProcessor(image_processor, tokenizer, chat_template=_chat_template(path, tokenizer))
+        image_processor = getattr(transformers, own.image_processor).from_pretrained(path)
+        processor = image_only(getattr(transformers, own.processor))(
+            image_processor, tokenizer, chat_template=_chat_template(path, tokenizer))
     processor.tokenizer.padding_side = "left"  # batched generation needs left padding
-    if max_pixels:
-        limit_pixels(processor, max_pixels)
+    limit_pixels(processor, max_pixels)
     return processor
 
 
-def limit_pixels(processor, max_pixels: int):
-    """Images larger than max_pixels are resized down (aspect kept) to at most that many pixels, one image token per
-    28x28: a 2048x2048 slice would otherwise be ~5,300 tokens, prefilled for every one of G samples. The processor's
-    own bound stays when it is lower (the tiny model's 112x112)."""
-    size = processor.image_processor.size
-    if "longest_edge" not in size:  # a processor that resizes every image to one size (Gemma 3, LLaVA): no bound to set
+def limit_pixels(processor, max_pixels: int | None = None):
+    """Images larger than max_pixels (default: MAX_IMAGE_TOKENS image tokens, one a patch x merge square: 28x28 pixels
+    for Qwen2.5-VL, 32x32 for 16-px patches) are resized down, aspect kept: a 2048x2048 slice would otherwise be
+    ~5,300 tokens, prefilled for every one of G samples. The processor's own bound stays when it is lower."""
+    images = processor.image_processor
+    if "longest_edge" not in images.size:  # a processor that resizes every image to one size (Gemma 3): no bound to set
         return
-    if max_pixels < size["shortest_edge"]:
-        raise ValueError(f"--max-pixels {max_pixels} is below the processor's smallest image ({size['shortest_edge']} "
-                         "pixels)")
-    size["longest_edge"] = min(size["longest_edge"], max_pixels)
+    max_pixels = max_pixels or MAX_IMAGE_TOKENS * (images.patch_size * images.merge_size) ** 2
+    if max_pixels < images.size["shortest_edge"]:
+        raise ValueError(f"--max-pixels {max_pixels} is below the processor's smallest image "
+                         f"({images.size['shortest_edge']} pixels)")
+    images.size["longest_edge"] = min(images.size["longest_edge"], max_pixels)
 
 
 def _chat_template(path, tokenizer):
@@ -117,14 +238,14 @@ def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | Non
         if merge:
             model = merge_lora(model).to(dtype)
     has_processor = glob.glob(os.path.join(path, "tokenizer*")) if os.path.isdir(path) else True
-    processor = load_processor(path if has_processor else base, trust_remote_code, max_pixels)
+    processor = load_processor(path if has_processor else base, trust_remote_code, max_pixels, model.config.model_type)
     return model.to(device).eval(), processor
 
 
 def load_judge(path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
                trust_remote_code: bool = False):
-    """(model, tokenizer) of the judge F of Eq. 6, frozen, its LM head in fp32 as the policy's: an SFT output or any
-    other adapter folder (merged onto its base, as load_model does), a vision-language model (used without an image),
+    """(model, tokenizer) of the judge F of Eq. 6, frozen (precision.fp32_logits puts its head in fp32, as the policy's):
+    an SFT output or any other adapter folder (merged onto its base, as load_model does), a vision-language model (used without an image),
     or any causal language model, by hub id or folder."""
     from transformers import AutoModelForCausalLM
     device = device or default_device()
@@ -139,18 +260,20 @@ def load_judge(path: str, *, device: str | None = None, dtype: torch.dtype | Non
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
         except ValueError:  # a vision-language model that AutoModelForCausalLM does not map
             model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    return fp32_logits(model.requires_grad_(False).to(device).eval()), tokenizer
+    return model.requires_grad_(False).to(device).eval(), tokenizer
 
 
 def add_lora(model, r: int = 16, alpha: int = 32, dropout: float = 0.05, targets: str = LORA_TARGETS,
              train_vision: bool = False):
-    """Wrap the language model's projections (and the vision tower's with `train_vision`) in LoRA adapters."""
+    """Wrap the language model's projections (and, with `train_vision`, those of the vision tower's blocks: the
+    family's vision_lora) in LoRA adapters."""
     from peft import LoraConfig, get_peft_model
     names = "|".join(t.strip() for t in targets.split(","))
-    towers = "language_model|visual" if train_vision else "language_model"
-    vision_names = "|qkv|proj" if train_vision else ""  # the vision tower's attention is qkv/proj
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
-                        target_modules=rf".*({towers}).*\.({names}{vision_names})")
+    pattern = rf".*language_model\..*\.({names})"
+    if train_vision:
+        own = family(model)
+        pattern += rf"|.*{own.vision_blocks.replace('.', '[.]')}\..*\.({own.vision_lora})"
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM", target_modules=pattern)
     return get_peft_model(model, config)
 
 
@@ -162,150 +285,75 @@ def merge_lora(model):
     return model.float().merge_and_unload()
 
 
-# ---- precision ----
-# --precision bf16 is torch's mixed precision: bf16 compute under autocast, fp32 weights wherever they are trained
-# (a bf16 weight of ~1e-2 is resolved to ~4e-5 and cannot take lr-1e-6 updates). Frozen weights that only a LoRA
-# adapts stay bf16. A frozen π_SFT copy runs in the policy's regime (fp32 weights, autocast), so that before the
-# first update π_θ and π_SFT are the same computation: r_t = 1 and KL = 0 exactly.
+# ---- image features, computed once and passed back in ----
 
-def weights_dtype(precision: str, trained: bool) -> torch.dtype:
-    """The dtype to load weights in: fp32 unless --precision bf16 and the weights are frozen (a LoRA's base)."""
-    return torch.bfloat16 if precision == "bf16" and not trained else torch.float32
+def per_image_pixels(prompt: dict) -> tuple:
+    """Each prompt's image pixels (one image a prompt): Qwen's patches by their grid, or a row of [n, 3, H, W]."""
+    if "image_grid_thw" in prompt:
+        return prompt["pixel_values"].split(prompt["image_grid_thw"].prod(1).tolist())
+    return prompt["pixel_values"].split(1)
 
 
-def autocast(device, precision: str):
-    """bf16 compute for forward passes under --precision bf16 (a no-op under fp32). Only around forward passes:
-    autocast caches the bf16 casts of trained weights until its block exits, so a forward after an
-    `optimizer.step()` inside the same block would still see the old weights."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def _tower(model, pixels: dict) -> tuple:
+    """Each image's features from the vision tower: a tuple a row (its merged tokens, then Qwen3-VL's deepstack
+    features), as FAMILIES' encoder_output takes them back."""
+    out = inner(model).get_image_features(**pixels, return_dict=True)
+    deep = [list(layer) for layer in getattr(out, "deepstack_features", None) or []]
+    return tuple(zip(list(out.pooler_output), *deep))
 
-
-def fp32_logits(model):
-    """Run the LM head in fp32, outside autocast, so that log-probs (and samples) come from fp32 logits. A bf16
-    logit near 20 is resolved only to 0.125: π_θ / π_SFT would carry rounding noise of several percent, as large
-    as a sizeable part of ε (MiniMax-M1 fixed its training/inference mismatch the same way). The head (tied to the
-    embeddings in Qwen2.5-VL-3B) is kept in fp32; its state-dict names are unchanged."""
-    head = model.get_output_embeddings()
-    head.float()
-    head.forward = types.MethodType(_fp32_linear, head)
-    return model
-
-
-MM_TO_FP32 = ("cuda",)  # devices whose matmul takes bf16 inputs to an fp32 result (torch.mm's out_dtype)
-
-
-def _fp32_linear(self, hidden):
-    """The head's matmul, the same op for π_θ and π_SFT whatever the grad mode and the input's layout (a [:, -1:]
-    slice, logits_to_keep=1): a contiguous 2D product, so that log π_θ = log π_SFT to the bit before the first update.
-    Under bf16 autocast on a GPU, bf16 inputs with fp32 accumulation into fp32 logits (tensor cores, ~10 TFLOP a
-    micro-batch at 3B), the weight's bf16 copy made once per head_cast_once block; elsewhere fp32."""
-    shape, device = hidden.shape[:-1], hidden.device.type
-    bf16 = device in MM_TO_FP32 and torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
-    with torch.autocast(device, enabled=False):
-        logits = head_product(hidden.reshape(-1, hidden.shape[-1]), self.weight, bf16,
-                              _bf16_weight(self) if bf16 else None)
-    return logits.view(*shape, logits.shape[-1])
-
-
-def head_product(flat: torch.Tensor, weight: torch.Tensor, bf16_inputs: bool, weight_bf16=None) -> torch.Tensor:
-    """fp32 logits [N, V] of hidden states [N, H]: from bf16 inputs with fp32 accumulation (`weight_bf16`, the
-    weight's bf16 copy, if one was made), or in fp32."""
-    if bf16_inputs:
-        return _Bf16Product.apply(flat, weight, _cast_bf16(weight) if weight_bf16 is None else weight_bf16)
-    return torch.mm(flat.float().contiguous(), weight.float().t())
-
-
-def _cast_bf16(weight: torch.Tensor) -> torch.Tensor:
-    return weight.detach().bfloat16()
-
-
-def _bf16_weight(head) -> torch.Tensor:
-    """The head's weight in bf16: cast anew on each call, or once inside a head_cast_once block (again only if an
-    optimizer step changed the weight there: its version moved)."""
-    cache = getattr(head, "_bf16_cache", None)
-    if cache is None:
-        return _cast_bf16(head.weight)
-    if cache.get("version") != head.weight._version:
-        cache.update(version=head.weight._version, weight=_cast_bf16(head.weight))
-    return cache["weight"]
-
-
-@contextmanager
-def head_cast_once(*models):
-    """Inside the block, the bf16 copy of each model's LM head weight (151,936 x 2,048 at 3B, tied to the embeddings:
-    1.2 GB read and 0.6 GB written a cast) is made once, at its first bf16 product, and shared by every later forward
-    (each decode token, each micro-batch, every CUDA graph of the sampler); without it every forward casts. π_SFT with
-    the adapter off shares the policy's head. A no-op off the GPU's bf16 path."""
-    heads = {id(h): h for h in (m.get_output_embeddings() for m in models if m is not None)}.values()
-    saved = [getattr(h, "_bf16_cache", None) for h in heads]
-    for h, outer in zip(heads, saved):
-        h._bf16_cache = outer if outer is not None else {}  # an enclosing block's copy serves this one too
-    try:
-        yield
-    finally:
-        for h, outer in zip(heads, saved):
-            h._bf16_cache = outer
-
-
-class _Bf16Product(torch.autograd.Function):
-    """flat @ weight.T from bf16 inputs into fp32, forward and backward (torch.mm's out_dtype has no derivative);
-    `weight` itself is passed for its gradient, its bf16 copy `w` for the products."""
-
-    @staticmethod
-    def forward(ctx, flat, weight, w):
-        a = flat.bfloat16()
-        ctx.save_for_backward(a, w)
-        ctx.dtypes = flat.dtype, weight.dtype
-        return _mm_fp32(a, w.t())
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, w = ctx.saved_tensors
-        g = grad.bfloat16()
-        grad_flat = _mm_fp32(g, w).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
-        grad_weight = _mm_fp32(g.t(), a).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
-        return grad_flat, grad_weight, None
-
-
-def _mm_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.mm(a, b, out_dtype=torch.float32)  # bf16 in, fp32 accumulated and out (CUDA only)
-
-
-# ---- per-token log-probs of completions ----
 
 def image_features(model, prompt: dict) -> tuple:
     """The vision tower's output for each image of `prompt` (no gradient): computed once a step and handed, as
     prompt["image_features"], to every forward that would run the frozen tower again on the same pixels (sampling,
     π_SFT, π_θ)."""
+    pixels = {k: prompt[k] for k in ("pixel_values", "image_grid_thw") if k in prompt}
     with torch.no_grad():
-        out = inner(model).get_image_features(prompt["pixel_values"], prompt["image_grid_thw"], return_dict=True)
-    return tuple(t.detach() for t in out.pooler_output)
+        return tuple(tuple(t.detach() for t in image) for image in _tower(model, pixels))
 
 
 def shared_image_features(model, prompt: dict, images: list) -> dict:
     """`prompt` with each distinct image run through the vision tower once, with its gradient, and its features handed
     to every row that shows it (`images`: a key per row, one image a row, as prompt_batch makes them): the questions
     of one image cost one pass of the tower, not one each."""
-    grid = prompt["image_grid_thw"]
-    patches = prompt["pixel_values"].split(grid.prod(1).tolist())
     first = {}  # each image's first row
     for row, key in enumerate(images):
         first.setdefault(key, row)
     rows = list(first.values())
-    out = inner(model).get_image_features(torch.cat([patches[r] for r in rows]), grid[rows], return_dict=True)
-    features = dict(zip(rows, out.pooler_output))
+    pixels = {"pixel_values": torch.cat([per_image_pixels(prompt)[r] for r in rows])}
+    if "image_grid_thw" in prompt:
+        pixels["image_grid_thw"] = prompt["image_grid_thw"][rows]
+    features = dict(zip(rows, _tower(model, pixels)))
     return {**prompt, "image_features": tuple(features[first[key]] for key in images)}
 
 
-def model_inputs(prompt: dict) -> dict:
+def model_inputs(model, prompt: dict) -> dict:
     """The keyword arguments of a forward pass over `prompt`: precomputed image features (image_features) go in as
     the model's mm_encoder_outputs instead of pixels."""
     if "image_features" not in prompt:
         return prompt
-    from transformers.modeling_outputs import BaseModelOutputWithPooling
     inputs = {k: v for k, v in prompt.items() if k not in ("pixel_values", "image_features")}
-    return {**inputs, "mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=prompt["image_features"])}}
+    return {**inputs, "mm_encoder_outputs": {"image": family(model).encoder_output(prompt["image_features"])}}
 
+
+def take(prompt: dict, rows: slice) -> dict:
+    """Rows of a prompt batch, with their image pixels (and features: one image a prompt)."""
+    out = {k: v[rows] for k, v in prompt.items() if k != "pixel_values"}
+    if "pixel_values" in prompt:
+        out["pixel_values"] = torch.cat(per_image_pixels(prompt)[rows])
+    return out
+
+
+def repeat_prompts(prompt: dict, n: int) -> dict:
+    """Repeat each prompt (and its image pixels or features) n times in a row, as sample() groups its rows."""
+    out = {k: v.repeat_interleave(n, 0) for k, v in prompt.items() if k not in ("pixel_values", "image_features")}
+    if "image_features" in prompt:
+        out["image_features"] = tuple(f for f in prompt["image_features"] for _ in range(n))
+    if "pixel_values" in prompt:
+        out["pixel_values"] = torch.cat([p for p in per_image_pixels(prompt) for _ in range(n)])
+    return out
+
+
+# ---- per-token log-probs of completions ----
 
 def completion_inputs(prompt: dict, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> dict:
     """Model inputs for prompt + completion (prompt left-padded, completion right-padded)."""
@@ -323,7 +371,7 @@ def completion_logprobs(model, prompt: dict, completion_ids: torch.Tensor, compl
     P, T = prompt["input_ids"].shape[1], completion_ids.shape[1]
     # Position P-1+t predicts token t; the LM head runs on those T positions only ([B, T, V], not [B, P+T, V]).
     keep = torch.arange(P - 1, P + T - 1, device=completion_ids.device)
-    logits = model(**model_inputs(inputs), logits_to_keep=keep, use_cache=False).logits.float()
+    logits = model(**model_inputs(model, inputs), logits_to_keep=keep, use_cache=False).logits.float()
     return torch.gather(logits, 2, completion_ids.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
 
 
@@ -339,42 +387,43 @@ def group_logprobs(model, prompt: dict, completion_ids: torch.Tensor, completion
         raise ValueError("group_logprobs: gradient checkpointing keeps no KV cache to share; pass share_prompt=False")
     if not share_prompt:
         return completion_logprobs(model, repeat_prompts(prompt, G), completion_ids, completion_mask)
-    text = {k: v.repeat_interleave(G, 0) for k, v in prompt.items()
-            if k not in ("pixel_values", "image_grid_thw", "image_features")}
+    text = {k: v.repeat_interleave(G, 0) for k, v in prompt.items() if k not in ("pixel_values", "image_features")}
     full = completion_inputs(text, completion_ids, completion_mask)
-    # the M-RoPE positions of the whole sequences, as one forward over prompt + completion would use them
-    positions, _ = inner(model).get_rope_index(full["input_ids"], mm_token_type_ids=full["mm_token_type_ids"],
-                                               image_grid_thw=prompt["image_grid_thw"].repeat_interleave(G, 0),
-                                               attention_mask=full["attention_mask"])
-    prefill = model(**model_inputs(prompt), position_ids=positions[:, ::G, :P], use_cache=True, logits_to_keep=1)
+    positions, _ = family(model).positions(model, full)  # of the whole sequences, as one forward would take them
+    prefill = model(**model_inputs(model, prompt), position_ids=positions[..., ::G, :P], use_cache=True, logits_to_keep=1)
     cache = prefill.cache
     cache.batch_repeat_interleave(G)  # one prompt's keys and values for each of its G completions
     first = prefill.logits.repeat_interleave(G, 0)  # predicts completion token 0
     rest = model(input_ids=completion_ids[:, :-1], attention_mask=full["attention_mask"][:, :-1],
-                 position_ids=positions[:, :, P:-1], cache=cache, use_cache=True).logits
+                 position_ids=positions[..., P:-1], cache=cache, use_cache=True).logits
     logits = torch.cat([first, rest], 1).float()
     return torch.gather(logits, 2, completion_ids.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
 
 
-def inner(model):
-    """The Qwen2_5_VLModel (vision tower, language model, M-RoPE) inside a (PEFT-wrapped) Qwen2.5-VL."""
-    while not hasattr(model, "get_rope_index"):
-        model = model.model if hasattr(model, "model") else model.base_model
-    return model
+# ---- the end of a turn, special tokens, texts ----
+
+def end_of_turn(processor) -> str:
+    """The token that closes an assistant turn in the model's own chat template (<|im_end|> for Qwen, <end_of_turn>
+    for Gemma): what SFT targets end with, sampling stops at and R_fmt requires."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    mark = "MEDADR1MARK"
+    chat = [{"role": "user", "content": [{"type": "text", "text": "Q"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": mark}]}]
+    after = processor.apply_chat_template(chat, tokenize=False).split(mark)[-1]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    if not ids or ids[0] not in tokenizer.all_special_ids + [t for t, a in tokenizer.added_tokens_decoder.items()
+                                                             if a.special]:
+        raise ValueError(f"the chat template closes an assistant turn with {after!r}, not a special token")
+    return tokenizer.convert_ids_to_tokens(ids[0])
 
 
-def repeat_prompts(prompt: dict, n: int) -> dict:
-    """Repeat each prompt (and its image patches or features) n times in a row, as sample() groups its rows."""
-    out = {k: v.repeat_interleave(n, 0) for k, v in prompt.items()
-           if k not in ("pixel_values", "image_grid_thw", "image_features")}
-    if "image_features" in prompt:
-        out["image_features"] = tuple(f for f in prompt["image_features"] for _ in range(n))
-    if "pixel_values" in prompt:
-        grid = prompt["image_grid_thw"]
-        patches = prompt["pixel_values"].split(grid.prod(1).tolist())
-        out["pixel_values"] = torch.cat([p for p in patches for _ in range(n)])
-        out["image_grid_thw"] = grid.repeat_interleave(n, 0)
-    return out
+def end_token_ids(processor, model=None) -> list[int]:
+    """The tokens that end a completion: the template's end of turn, the checkpoint's end-of-sequence ids (its
+    generation_config.json) and the tokenizer's."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    eos = model.generation_config.eos_token_id if model is not None else None
+    ids = [tokenizer.convert_tokens_to_ids(end_of_turn(processor)), *([eos] if isinstance(eos, int) else eos or [])]
+    return list(dict.fromkeys(ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])))
 
 
 def end_of_turn_mask(ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
@@ -382,10 +431,6 @@ def end_of_turn_mask(ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
     is_end = torch.isin(ids, torch.tensor(end_ids, device=ids.device))
     ended_before = (is_end.cumsum(1) - is_end.long()) > 0
     return (~ended_before).long()
-
-
-def end_token_ids(tokenizer) -> list[int]:
-    return [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TURN, "<|endoftext|>")]
 
 
 def special_tokens(tokenizer) -> list[str]:
@@ -404,7 +449,3 @@ def completion_texts(tokenizer, ids: torch.Tensor, mask: torch.Tensor, ended: to
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-if __name__ == "__main__":
-    raise SystemExit("model.py is a library now; the tiny model moved: python tiny.py --out DIR [--corpus train.jsonl]")

@@ -25,9 +25,9 @@ import distributed as D
 # ---- weights, the final model and DONE ----
 
 def save_processor(processor, out: str):
-    """Write the processor as the hub model ships it (tokenizer + image processor files), loadable without
-    torchvision and by AutoProcessor alike, with the processor's chat template (the one every stage builds prompts
-    with; a hub tokenizer may carry another)."""
+    """Write the processor as the hub model ships it (tokenizer + image processor files, processor_config.json naming
+    its class), loadable without torchvision and by AutoProcessor alike, with the processor's chat template (the one
+    every stage builds prompts with; a hub tokenizer may carry another)."""
     tokenizer, own = processor.tokenizer, processor.tokenizer.chat_template
     tokenizer.chat_template = processor.chat_template or own
     try:
@@ -35,6 +35,7 @@ def save_processor(processor, out: str):
     finally:
         tokenizer.chat_template = own  # the tokenizer in use keeps its own (the judge builds prompts with it)
     processor.image_processor.save_pretrained(out)
+    json.dump({"processor_class": type(processor).__name__}, open(os.path.join(out, "processor_config.json"), "w"))
 
 
 def full_state(model, trained_only: bool = False) -> dict:

@@ -1,9 +1,10 @@
 """Decoding π_θ: each prompt prefilled once for its G samples, a static KV cache, a CUDA graph, π_θ's log-probs.
 
-Imports model.py only (the Qwen2.5-VL core that computes M-RoPE positions, the end-of-turn tokens).
+Imports model.py (a family's positions, masks and banned tokens; the end-of-turn tokens) and precision.py (the LM
+head's one bf16 copy).
 
     out = sample(policy, processor, prompt, group_size=8, max_new_tokens=512)   # ids, mask, log-probs, texts
-    out = decode(model, processor, prompt, greedy=True)   # sample() for Qwen2.5-VL, generate() for any other VLM
+    out = decode(model, processor, prompt, greedy=True)   # sample() for a family of model.FAMILIES, else generate()
 
 transformers' `generate` prefills every one of the G copies of a prompt and launches ~1,000 kernels a token from
 Python; here a prompt is prefilled once, its keys and values copied to its G rows, and on GPUs a decode step is one
@@ -17,9 +18,7 @@ from torch.distributed.fsdp import FSDPModule
 from transformers import GenerationConfig
 
 import model as M
-
-VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
-
+import precision
 
 BUCKET = 128  # decoding attends over the filled prefix rounded up to a multiple of this many positions
 
@@ -56,13 +55,6 @@ class KVCache:
         return grown
 
 
-def _mask(allowed: torch.Tensor, model) -> dict:
-    """A [B, 1, queries, keys] boolean mask (True: may attend) in the form the attention implementation takes."""
-    if model.config._attn_implementation == "eager":  # additive
-        allowed = torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
-    return {"full_attention": allowed}
-
-
 def _pick(logits, *, greedy: bool, temperature: float, top_p: float, banned: torch.Tensor):
     """The next token of each row, and its log-probability under π_θ itself (temperature 1, nothing banned): what
     completion_logprobs gives for it. Sampling draws argmax(p / E), E ~ Exp(1): a draw from p without a host sync."""
@@ -90,10 +82,10 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
     forward a token for all rows, on a static KV cache whose filled prefix (in buckets of BUCKET positions) each step
     attends over, on GPUs a CUDA graph a bucket (DecodeGraphs: one shared memory pool, a graph freed as decoding
     moves past its bucket; cuda_graph=None: where it can). The LM head's bf16 copy is made once for the call
-    (model.head_cast_once). Temperature and top-p as given, top-k off, nothing of the checkpoint's
+    (precision.head_cast_once). Temperature and top-p as given, top-k off, nothing of the checkpoint's
     generation_config.json (Qwen2.5-VL-3B-Instruct's repetition_penalty 1.05 and top_k 1 would make every rollout
     off-policy for Eq. 8). Vision tokens are never sampled (a sampled <|image_pad|> breaks the next forward's
-    image-token count); no end of turn before min_new_tokens. Returns completion ids [N*G, T] (pad after the end),
+    image-token count: the family's banned tokens); no end of turn before min_new_tokens. Returns completion ids [N*G, T] (pad after the end),
     their mask (up to the first end-of-turn token, included), their log-probs under π_θ at temperature 1 [N*G, T] (as
     completion_logprobs gives them), `ended` [N*G] (stopped with an end-of-turn token within max_new_tokens), texts
     (model.completion_texts: without the final end-of-turn token, every other special token kept, so that R_fmt sees
@@ -101,42 +93,39 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
     """
     if seed is not None:
         torch.manual_seed(seed)
-    tok = processor.tokenizer
-    end_ids = torch.tensor(M.end_token_ids(tok), device=prompt["input_ids"].device)
+    tok, own = processor.tokenizer, M.family(model)
+    end_ids = torch.tensor(M.end_token_ids(processor, model), device=prompt["input_ids"].device)
     (N, P), G, T = prompt["input_ids"].shape, group_size, max_new_tokens
     B, L, device = N * G, P + T, prompt["input_ids"].device
 
-    with M.head_cast_once(model):  # one bf16 copy of the LM head for the call, every CUDA graph included
+    with precision.head_cast_once(model):  # one bf16 copy of the LM head for the call, every CUDA graph included
         # ---- prefill each prompt once; its keys and values then serve its G rows ----
         valid = prompt["attention_mask"].bool()  # left padding
-        positions, deltas = M.inner(model).get_rope_index(
-            prompt["input_ids"], mm_token_type_ids=prompt.get("mm_token_type_ids"),
-            image_grid_thw=prompt.get("image_grid_thw"), attention_mask=prompt["attention_mask"])
+        positions, start = own.positions(model, prompt)  # and each row's next position
         causal = torch.ones(P, P, dtype=torch.bool, device=device).tril()
         allowed = (causal & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)  # a pad attends to itself
         prefill = KVCache(P, device=device)
-        inputs = M.model_inputs({k: v for k, v in prompt.items() if k != "attention_mask"})
-        logits = model(**inputs, position_ids=positions, attention_mask=_mask(allowed[:, None], model), cache=prefill,
+        inputs = M.model_inputs(model, {k: v for k, v in prompt.items() if k != "attention_mask"})
+        logits = model(**inputs, position_ids=positions, attention_mask=own.mask(model, allowed[:, None]), cache=prefill,
                        use_cache=True, logits_to_keep=1).logits[:, -1].float().repeat_interleave(G, 0)
         cache = prefill.repeat(G, L)
         seen = torch.zeros(B, L, dtype=torch.bool, device=device)  # keys each row may attend to
         seen[:, :P] = valid.repeat_interleave(G, 0)
-        # the M-RoPE position of the first new token (the prompt's last + 1), all three axes alike, no padding counted
-        start = (valid.sum(1) + deltas.view(N)).repeat_interleave(G)
+        start = start.repeat_interleave(G)  # the first new token's position (M-RoPE: all three axes alike)
 
         # ---- decode: one forward a token for all rows ----
         token_in = torch.zeros(B, 1, dtype=torch.long, device=device)
-        position_in = torch.zeros(3, B, 1, dtype=torch.long, device=device)
+        position_in = positions[..., :1].repeat_interleave(G, -2)  # [B, 1], or [3, B, 1] for M-RoPE
 
         def step():  # attends over the live prefix (cache.live): one CUDA graph a bucket
             return model(input_ids=token_in, position_ids=position_in, cache=cache, use_cache=True, logits_to_keep=1,
-                         attention_mask=_mask(seen[:, None, None, :cache.live], model)).logits[:, -1].float()
+                         attention_mask=own.mask(model, seen[:, None, None, :cache.live])).logits[:, -1].float()
 
         if cuda_graph is None:  # where it can: on a GPU, a model not sharded (FSDP's hooks run Python at every forward)
             cuda_graph = device.type == "cuda" and not isinstance(model, FSDPModule)
         graphs = DecodeGraphs(step) if cuda_graph else None
         banned = torch.zeros(logits.shape[-1], dtype=torch.bool, device=device)
-        banned[tok.convert_tokens_to_ids(VISION_TOKENS)] = True
+        banned[tok.convert_tokens_to_ids(list(own.banned))] = True
         no_end = banned.clone()
         no_end[end_ids] = True
         ids = torch.full((B, T), tok.pad_token_id, dtype=torch.long, device=device)
@@ -151,7 +140,7 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
             if t == T - 1 or (t % 8 == 7 and bool(ended.all())):  # a host sync every 8 tokens, not every token
                 break
             token_in.copy_(ids[:, t:t + 1])
-            position_in.copy_((start + t).view(1, B, 1).expand(3, B, 1))
+            position_in.copy_((start + t).view(B, 1).expand_as(position_in))
             seen[:, P + t] = True
             cache.pos.fill_(P + t)
             cache.live = min(L, -(-(P + t + 1) // BUCKET) * BUCKET)
@@ -213,14 +202,6 @@ def _capture(step, pool):
 
 # ---- the plain path: any vision-language model transformers can run ----
 
-def end_ids(model, tokenizer) -> list[int]:
-    """The tokens that end a turn: the checkpoint's end-of-sequence ids (Gemma's <end_of_turn> is among them) and the
-    tokenizer's."""
-    eos = model.generation_config.eos_token_id
-    ids = [eos] if isinstance(eos, int) else list(eos or [])
-    return sorted(set(ids) | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()))
-
-
 @torch.no_grad()
 def generate(model, processor, prompt: dict, *, group_size: int = 1, max_new_tokens: int = 256,
              temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, seed: int | None = None) -> dict:
@@ -232,7 +213,7 @@ def generate(model, processor, prompt: dict, *, group_size: int = 1, max_new_tok
     if seed is not None:
         torch.manual_seed(seed)
     tok = processor.tokenizer
-    ends = end_ids(model, tok)
+    ends = M.end_token_ids(processor, model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else ends[0]
     banned = [[t] for t in sorted(set(tok.all_special_ids) - set(ends) - {pad})]
     config = GenerationConfig(do_sample=not greedy, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
@@ -250,6 +231,6 @@ def generate(model, processor, prompt: dict, *, group_size: int = 1, max_new_tok
 
 
 def decode(model, processor, prompt: dict, **kwargs) -> dict:
-    """sample() for Qwen2.5-VL, the fast path; generate() for any other vision-language model."""
-    fast = model.config.model_type == "qwen2_5_vl"
+    """sample() for a family of model.FAMILIES, the fast path; generate() for any other vision-language model."""
+    fast = model.config.model_type in M.FAMILIES
     return (sample if fast else generate)(model, processor, prompt, **kwargs)

@@ -52,6 +52,7 @@ import answers
 import data
 import distributed as D
 import model as M
+import precision
 import rewards
 import run
 import sampler
@@ -115,9 +116,7 @@ def parse_args(argv=None):
     p.add_argument("--fsdp", action="store_true", help="shard the policy, its gradients and AdamW state, and π_SFT "
                    "over the ranks (FSDP2; under torchrun, full fine-tuning only): a full fine-tune of the 3B model "
                    "does not fit one 80 GB GPU replicated")
-    p.add_argument("--max-pixels", type=int, default=M.MAX_PIXELS, help="larger images are resized down to this many "
-                   "pixels, aspect kept (default: %(default)s = 1,280 image tokens of 28x28; a lower bound of the "
-                   "checkpoint's processor stays)")
+    p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)
     p.add_argument("--log-samples-every", type=int, default=10, help="write completions to samples.jsonl every N "
                    "steps (0: never)")
     p.add_argument("--save-every", type=int, default=0, help="write OUT/checkpoint-STEP every N steps (0: never)")
@@ -192,17 +191,6 @@ def reference_logprobs(policy, reference, prompt, ids, mask, group_size, share_p
         return M.group_logprobs(policy if reference is None else reference, prompt, ids, mask, group_size, share_prompt)
 
 
-def take(prompt: dict, rows: slice) -> dict:
-    """Rows of a prompt batch, with their image patches (and features: one image a prompt)."""
-    out = {k: v[rows] for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
-    if "pixel_values" in prompt:
-        counts = prompt["image_grid_thw"].prod(1)
-        start = int(counts[:rows.start].sum())
-        out["pixel_values"] = prompt["pixel_values"][start:start + int(counts[rows].sum())]
-        out["image_grid_thw"] = prompt["image_grid_thw"][rows]
-    return out
-
-
 def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, mask, advantages, args):
     """μ optimizer steps on one batch of samples, accumulated over micro-batches of whole groups; returns KL and clip
     fraction as token means over the batch of every rank, the last update's lr and grad norm. Each prompt runs once
@@ -212,9 +200,9 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
     G, share = args.group_size, not args.gradient_checkpointing  # checkpointing keeps no KV cache to share
     per_chunk = max(1, args.micro_batch // G)  # prompts per micro-batch
     chunks = [(slice(i, i + per_chunk), slice(i * G, (i + per_chunk) * G)) for i in range(0, len(prompt["input_ids"]), per_chunk)]
-    with M.head_cast_once(policy, reference):  # the LM head's bf16 copy made once (again after an update)
-        with M.autocast(ids.device, args.precision):  # forward passes only, never around optimizer.step()
-            ref = [reference_logprobs(policy, reference, take(prompt, p), ids[c], mask[c], G, share) for p, c in chunks]
+    with precision.head_cast_once(policy, reference):  # the LM head's bf16 copy made once (again after an update)
+        with precision.autocast(ids.device, args.precision):  # forward passes only, never around optimizer.step()
+            ref = [reference_logprobs(policy, reference, M.take(prompt, p), ids[c], mask[c], G, share) for p, c in chunks]
         old = [None] * len(chunks)
         count = (lambda c: mask[c].sum()) if args.loss_agg == "token" else (lambda c: len(ids[c]))
         total = D.all_reduce_sum(float(sum(count(c) for _, c in chunks)))
@@ -223,8 +211,8 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
         for _ in range(args.iterations):
             total_loss = 0.0
             for i, (p, c) in enumerate(chunks):
-                with M.autocast(ids.device, args.precision):
-                    logps = M.group_logprobs(policy, take(prompt, p), ids[c], mask[c], G, share)
+                with precision.autocast(ids.device, args.precision):
+                    logps = M.group_logprobs(policy, M.take(prompt, p), ids[c], mask[c], G, share)
                 if args.ratio_ref == "old" and old[i] is None:
                     old[i] = logps.detach()  # the first pass is π_old, the sampling policy; kept for μ > 1
                 loss, s = grpo_loss(logps, ref[i], advantages[c], mask[c], epsilon=args.epsilon, beta=args.beta,
@@ -252,7 +240,7 @@ def policy_step(policy, reference, optimizer, scheduler, params, prompt, ids, ma
 def evaluate_held_out(policy, processor, judge, records, args, rank) -> dict:
     """Greedy answers to held-out questions, scored as evaluate.py scores them, consistency by the training judge."""
     policy.eval()
-    with M.autocast(policy.device, args.precision), D.unsharded(policy), D.unsharded(judge.model):
+    with precision.autocast(policy.device, args.precision), D.unsharded(policy), D.unsharded(judge.model):
         if rank != 0 and not args.fsdp:
             return {}
         held_out = answers.metrics(answers.answer(policy, processor, records, judge=judge, greedy=True, seed=None,
@@ -286,7 +274,7 @@ def main(argv=None):
     torch.manual_seed(args.seed + rank)  # each rank its own random stream; the weights are rank 0's (broadcast)
 
     # ---- models: π_θ, π_SFT (in π_θ's precision regime: r_t = 1 before the first update), the judge ----
-    dtype = M.weights_dtype(args.precision, trained=not args.lora)
+    dtype = precision.weights_dtype(args.precision, trained=not args.lora)
     sft, processor = M.load_model(args.ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code,
                                   max_pixels=args.max_pixels)
     if args.lora:
@@ -295,14 +283,15 @@ def main(argv=None):
         policy = sft.requires_grad_(True)  # a merged adapter comes back frozen
         reference = M.load_model(args.ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)[0]
         reference.requires_grad_(False)
-        policy.model.visual.requires_grad_(args.train_vision)
+        for tower in M.vision_modules(policy):
+            tower.requires_grad_(args.train_vision)
     if args.gradient_checkpointing:
         policy.gradient_checkpointing_enable({"use_reentrant": False})
         if args.lora:
             policy.enable_input_require_grads()
     for net in (policy, reference):
         if net is not None:
-            M.fp32_logits(net)
+            precision.fp32_logits(net)
             D.broadcast_parameters(net)
             if args.fsdp:
                 D.shard(net)
@@ -310,8 +299,9 @@ def main(argv=None):
         judge = rewards.Judge(policy if reference is None else reference, processor.tokenizer, max_thought_tokens=args.judge_max_tokens,
                               disable_adapter=args.lora)
     else:
-        judge = rewards.Judge(*M.load_judge(args.judge, device=device, dtype=M.weights_dtype(args.precision, trained=False),
-                                            trust_remote_code=args.trust_remote_code), max_thought_tokens=args.judge_max_tokens)
+        judge_model, judge_tokenizer = M.load_judge(args.judge, device=device, trust_remote_code=args.trust_remote_code,
+                                                    dtype=precision.weights_dtype(args.precision, trained=False))
+        judge = rewards.Judge(precision.fp32_logits(judge_model), judge_tokenizer, max_thought_tokens=args.judge_max_tokens)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(records) / P)
@@ -341,7 +331,7 @@ def main(argv=None):
         run.reset_peak_memory()  # peak_mem_gb: this step's
         policy.eval()
         prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, mine).items()}
-        with M.autocast(device, args.precision), D.unsharded(policy):  # FSDP: gathered once, not once per token
+        with precision.autocast(device, args.precision), D.unsharded(policy):  # FSDP: gathered once, not once per token
             if not args.train_vision:  # the frozen tower sees the same pixels in sampling, π_SFT and π_θ: run it once
                 prompt["image_features"] = M.image_features(policy, prompt)
             rollout = sampler.sample(policy, processor, prompt, group_size=G, max_new_tokens=args.max_new_tokens,
@@ -353,7 +343,7 @@ def main(argv=None):
         # ---- score (Eq. 3-6) and advantages (Eq. 7) ----
         asked = [r for r in mine for _ in range(G)]  # the question of each completion
         # FSDP: gathered, since ranks judge different counts; the judge's head cast to bf16 once for the batch
-        with M.autocast(device, args.precision), D.unsharded(judge.model), M.head_cast_once(judge.model):
+        with precision.autocast(device, args.precision), D.unsharded(judge.model), precision.head_cast_once(judge.model):
             scores = rewards.score(texts, asked, judge, ended=ended.tolist(), special_tokens=special,
                                    judge_view=args.judge_view, **weights)
         advantages = group_advantages(scores["reward"], G, args.scale_rewards).to(device)

@@ -41,6 +41,7 @@ import answers
 import data
 import distributed as D
 import model as M
+import precision
 import rewards
 import run
 
@@ -81,9 +82,7 @@ def parse_args(argv=None):
                    "weights in fp32 (the paper's bf16); default: bf16 where the GPU supports it, else fp32")
     p.add_argument("--fsdp", action="store_true", help="with --full under torchrun: shard the model, its gradients and "
                    "AdamW state over the ranks (FSDP2)")
-    p.add_argument("--max-pixels", type=int, default=M.MAX_PIXELS, help="larger images are resized down to this many "
-                   "pixels, aspect kept (default: %(default)s = 1,280 image tokens of 28x28; a lower bound of the "
-                   "checkpoint's processor stays)")
+    p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)
     p.add_argument("--eval-data", help="held-out JSONL for the periodic evaluation")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: never)")
     p.add_argument("--eval-samples", type=int, default=64, help="questions per evaluation (default: %(default)s)")
@@ -128,10 +127,11 @@ def evaluate_sft(policy, processor, records, micro_batch: int, max_new_tokens: i
     them (answers.py)."""
     policy.eval()
     nll = tokens = 0
+    end = M.end_of_turn(processor)
     for i in range(0, len(records), micro_batch):
         chunk = records[i:i + micro_batch]
         prompt = {k: v.to(policy.device) for k, v in data.prompt_batch(processor, chunk).items()}
-        ids, mask = (t.to(policy.device) for t in data.target_batch(processor.tokenizer, chunk))
+        ids, mask = (t.to(policy.device) for t in data.target_batch(processor.tokenizer, chunk, end))
         nll += -(M.completion_logprobs(policy, prompt, ids, mask) * mask).sum().item()
         tokens += mask.sum().item()
     held_out = answers.metrics(answers.answer(policy, processor, records, greedy=True, seed=None,
@@ -174,18 +174,19 @@ def main(argv=None):
     torch.manual_seed(args.seed + rank)  # each rank its own dropout; the weights are rank 0's (broadcast below)
 
     # ---- model: the base, LoRA on the language model (or all weights with --full), AdamW ----
-    base, processor = M.load_model(args.model, device=device, dtype=M.weights_dtype(args.precision, trained=args.full),
+    base, processor = M.load_model(args.model, device=device, dtype=precision.weights_dtype(args.precision, trained=args.full),
                                    trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels)
     if args.full:
         policy = base.requires_grad_(True)
-        policy.model.visual.requires_grad_(args.train_vision)
+        for tower in M.vision_modules(policy):
+            tower.requires_grad_(args.train_vision)
     else:
         policy = M.add_lora(base, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets, args.train_vision)
     if args.gradient_checkpointing:
         policy.gradient_checkpointing_enable({"use_reentrant": False})
         if not args.full:
             policy.enable_input_require_grads()
-    D.broadcast_parameters(M.fp32_logits(policy))
+    D.broadcast_parameters(precision.fp32_logits(policy))
     if args.fsdp:
         D.shard(policy)
     judge = rewards.Judge(policy, processor.tokenizer) if args.judge else None
@@ -209,6 +210,7 @@ def main(argv=None):
 
     # ---- the loop: a global batch per step, accumulated over micro-batches ----
     groups = [r["image_path"] for r in records] if args.group_by_image and not args.judge else None
+    end = M.end_of_turn(processor)  # the model's own end of turn closes every target: the model learns to stop
     bar = tqdm(total=total_steps, initial=step, desc=stage, disable=rank != 0, dynamic_ncols=True)
     while step < total_steps:
         batch = data.epoch_batches(len(records), args.batch_size, args.seed, step // steps_per_epoch,
@@ -221,13 +223,13 @@ def main(argv=None):
             n_tokens = D.all_reduce_sum(float(len(mine)))
             micro = [partial(judge_loss, judge, c, n_tokens) for c in chunks]
         else:
-            inputs = [(data.prompt_batch(processor, c), *data.target_batch(processor.tokenizer, c)) for c in chunks]
+            inputs = [(data.prompt_batch(processor, c), *data.target_batch(processor.tokenizer, c, end)) for c in chunks]
             n_tokens = D.all_reduce_sum(float(sum(mask.sum() for _, _, mask in inputs)))
             micro = [partial(sft_loss, policy, {k: v.to(device) for k, v in prompt.items()}, ids.to(device),
                              mask.to(device), n_tokens, [r["image_path"] for r in c] if groups else None)
                      for c, (prompt, ids, mask) in zip(chunks, inputs)]
         for micro_loss in micro:
-            with M.autocast(device, args.precision):  # forward passes only, never around optimizer.step()
+            with precision.autocast(device, args.precision):  # forward passes only, never around optimizer.step()
                 loss = micro_loss()
             loss.backward()
             loss_sum += loss.item()
@@ -244,7 +246,7 @@ def main(argv=None):
                "grad_norm": grad_norm, ("letters_per_s" if args.judge else "tokens_per_s"): n_tokens / seconds,
                "seconds": seconds, "peak_mem_gb": run.peak_memory_gb()}
         if args.eval_every and eval_records and (step % args.eval_every == 0 or step == total_steps):
-            with M.autocast(device, args.precision), D.unsharded(policy):  # every rank joins FSDP's all-gathers
+            with precision.autocast(device, args.precision), D.unsharded(policy):  # every rank joins FSDP's all-gathers
                 if rank == 0 or args.fsdp:
                     row.update(evaluate_judge(judge, eval_records, args.micro_batch) if args.judge else
                                evaluate_sft(policy, processor, eval_records, args.micro_batch, args.max_new_tokens))

@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import data  # noqa: E402
 import model as M  # noqa: E402
+import precision  # noqa: E402,F401  (the benchmarks import it from here)
 import sampler  # noqa: E402,F401  (the benchmarks import it from here)
 import synth  # noqa: E402
 import tiny  # noqa: E402
@@ -23,16 +24,16 @@ SIZES = {  # the benchmarks' model and image sizes
 }
 
 
-def tiny_setup(n_images=40, hidden=64, layers=2, heads=4, image_px=112, seed=0, build=True):
-    """(model, processor, records, folder) of a fresh tiny Qwen2.5-VL (folder/tiny) and a synthetic set; with
+def tiny_setup(n_images=40, hidden=64, layers=2, heads=4, image_px=112, seed=0, build=True, family="qwen2.5-vl"):
+    """(model, processor, records, folder) of a fresh tiny model of `family` (folder/tiny) and a synthetic set; with
     build=False only the set (model and processor are None)."""
     folder = tempfile.mkdtemp(prefix="medad-bench-")
     synth.synth(os.path.join(folder, "data"), n_images=n_images, seed=seed, size=image_px)
     train = os.path.join(folder, "data", "train.jsonl")
     if not build:
         return None, None, data.load_jsonl(train), folder
-    tiny.build_tiny(os.path.join(folder, "tiny"), seed=seed, corpus=list(tiny.corpus_lines([train])), hidden=hidden,
-                    layers=layers, heads=heads, image_px=image_px)
+    tiny.build_tiny(os.path.join(folder, "tiny"), family=family, seed=seed, corpus=list(tiny.corpus_lines([train])),
+                    hidden=hidden, layers=layers, heads=heads, image_px=image_px if family == "qwen2.5-vl" else None)
     policy, processor = M.load_model(os.path.join(folder, "tiny"), device="cpu")
     return policy, processor, data.load_jsonl(train), folder
 

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import model as M  # noqa: E402
+import precision  # noqa: E402
 import run  # noqa: E402
 import sampler  # noqa: E402
 import train_grpo  # noqa: E402
@@ -81,17 +82,17 @@ def main():
         print("skipped: no GPU (the real 3B shapes need one; --tiny checks the code path on CPU)")
         print("skipped=1")
         return
-    precision = M.default_precision(device) if not args.tiny else "bf16"  # --tiny: the bf16 path on CPU too
+    regime = M.default_precision(device) if not args.tiny else "bf16"  # --tiny: the bf16 path on CPU too
     config = Qwen2_5_VLConfig(**(TINY if args.tiny else QWEN25_VL_3B))
     torch.manual_seed(0)
     with torch.device(device):
-        net = Qwen2_5_VLForConditionalGeneration(config).to(M.weights_dtype(precision, trained=False))
+        net = Qwen2_5_VLForConditionalGeneration(config).to(precision.weights_dtype(regime, trained=False))
     print(f"{'tiny' if args.tiny else 'Qwen2.5-VL-3B'} shapes: {M.count_parameters(net) / 1e9:.2f}B parameters, "
-          f"{precision}, {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
+          f"{regime}, {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
     figures = {}
 
     # ---- SFT: one micro-batch forward + backward + AdamW step through LoRA ----
-    policy = M.fp32_logits(M.add_lora(net, 16, 32, 0.05))
+    policy = precision.fp32_logits(M.add_lora(net, 16, 32, 0.05))
     policy.gradient_checkpointing_enable({"use_reentrant": False})
     policy.enable_input_require_grads()
     opt = torch.optim.AdamW([q for q in policy.parameters() if q.requires_grad], lr=1e-4)
@@ -100,7 +101,7 @@ def main():
     mask = torch.ones_like(ids)
 
     def sft_step():
-        with M.autocast(device, precision):
+        with precision.autocast(device, regime):
             loss = -(M.completion_logprobs(policy, batch, ids, mask) * mask).sum() / mask.sum()
         loss.backward()
         opt.step()
@@ -125,7 +126,7 @@ def main():
 
     class Proc:
         tokenizer = Tok()
-    grpo_args = train_grpo.parse_args(["--data", "-", "--micro-batch", str(args.micro_batch), "--precision", precision,
+    grpo_args = train_grpo.parse_args(["--data", "-", "--micro-batch", str(args.micro_batch), "--precision", regime,
                                        "--gradient-checkpointing"])
     bytes_per_second = bandwidth() if device == "cuda" else None
     if bytes_per_second:
@@ -151,7 +152,7 @@ def main():
 
             def grpo_step():
                 policy.eval()
-                with M.autocast(device, precision):  # the frozen vision tower once a step, as train_grpo.py runs it
+                with precision.autocast(device, regime):  # the frozen vision tower once a step, as train_grpo.py runs it
                     step_prompt = {**prompt, "image_features": M.image_features(policy, prompt)}
                     sync()
                     start = time.perf_counter()
@@ -161,7 +162,7 @@ def main():
                     seconds["sample"] = time.perf_counter() - start
                     seconds["capture"] = rollout["capture_s"]
                 judge_model = policy if reference is None else reference
-                with torch.no_grad(), M.autocast(device, precision), \
+                with torch.no_grad(), precision.autocast(device, regime), \
                         (policy.disable_adapter() if reference is None else nullcontext()):
                     # the judge's one forward: the question, options and thought, text only (~prompt + thought tokens)
                     n = rollout["completion_ids"].shape[0]

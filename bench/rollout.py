@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from common import SIZES, M, bandwidth, data, sampler, sync, tiny_setup
+from common import SIZES, M, bandwidth, data, precision, sampler, sync, tiny_setup
 
 
 
@@ -44,8 +44,8 @@ def main():
     size = SIZES[args.size]
     _, _, records, folder = tiny_setup(n_images=max(40, 2 * args.prompts), **size, build=args.ckpt is None)
     ckpt = args.ckpt or os.path.join(folder, "tiny")
-    precision = M.default_precision(device)
-    bf16 = precision == "bf16"
+    regime = M.default_precision(device)
+    bf16 = regime == "bf16"
     policy, processor = M.load_model(ckpt, device=device, dtype=torch.bfloat16 if bf16 else torch.float32)
     prompt = {k: v.to(device) for k, v in data.prompt_batch(processor, records[:args.prompts]).items()}
     tok, T, G = processor.tokenizer, args.max_new_tokens, args.group_size
@@ -55,12 +55,13 @@ def main():
         with torch.no_grad():
             policy.generate(**prompt, num_return_sequences=G, max_new_tokens=T, min_new_tokens=T, do_sample=True,
                             top_k=0, temperature=1.0, top_p=1.0, pad_token_id=tok.pad_token_id,
-                            eos_token_id=M.end_token_ids(tok), suppress_tokens=tok.convert_tokens_to_ids(sampler.VISION_TOKENS))
+                            eos_token_id=M.end_token_ids(processor, policy),
+                            suppress_tokens=tok.convert_tokens_to_ids(list(M.family(policy).banned)))
 
     captured = {}
 
     def ours(net=policy):
-        with M.autocast(device, precision):
+        with precision.autocast(device, regime):
             out = sampler.sample(net, processor, prompt, group_size=G, max_new_tokens=T, min_new_tokens=T, seed=0)
         captured.update(graphs=out["graph_captures"], seconds=out["capture_s"])
 
@@ -68,7 +69,7 @@ def main():
     t_bare, t_ours = timed(bare, args.repeats), timed(ours, args.repeats)
     n_params = M.count_parameters(policy)
     where = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"{args.prompts} prompts x G={G} x {T} new tokens, {n_params / 1e6:.1f}M parameters, {precision}, {where}")
+    print(f"{args.prompts} prompts x G={G} x {T} new tokens, {n_params / 1e6:.1f}M parameters, {regime}, {where}")
     print(f"bare generate: {t_bare:.3f} s ({tokens / t_bare:,.0f} tokens/s)   sampler.sample: {t_ours:.3f} s "
           f"({tokens / t_ours:,.0f} tokens/s)   ratio {t_ours / t_bare:.3f}")
     figures = {"generate_s": t_bare, "sample_s": t_ours, "ratio": t_ours / t_bare, "sample_tokens_per_s": tokens / t_ours,
@@ -81,7 +82,7 @@ def main():
         weight_bytes = sum(q.numel() * q.element_size() for q in policy.parameters())
         bound = args.prompts * G * bw / weight_bytes  # tokens/s if each step only read the weights once
         fp32 = M.load_model(ckpt, device=device, dtype=torch.float32)[0].requires_grad_(True)
-        t_fp32 = timed(lambda: ours(M.fp32_logits(fp32)), args.repeats)
+        t_fp32 = timed(lambda: ours(precision.fp32_logits(fp32)), args.repeats)
         print(f"bandwidth {bw / 1e12:.2f} TB/s: bound {bound:,.0f} tokens/s; sampler.sample reaches "
               f"{tokens / t_ours / bound:.1%}. fp32 weights under autocast: {t_fp32:.3f} s ({t_fp32 / t_ours:.2f}x bf16)")
         figures.update(bound_tokens_per_s=bound, bound_fraction=tokens / t_ours / bound, fp32_autocast_s=t_fp32)

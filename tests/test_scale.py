@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import data
 import distributed as D
 import model as M
+import precision
 import run
 import sampler
 import train_grpo
@@ -25,7 +26,7 @@ def test_the_lm_head_gives_fp32_logits_under_autocast(tiny, records):
     prompt = data.prompt_batch(processor, records[:2])
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         bf16 = m(**prompt, logits_to_keep=1).logits
-        M.fp32_logits(m)
+        precision.fp32_logits(m)
         fp32 = m(**prompt, logits_to_keep=1, output_hidden_states=True)
     assert bf16.dtype == torch.bfloat16 and fp32.logits.dtype == torch.float32
     exact = fp32.hidden_states[-1][:, -1:].float() @ m.lm_head.weight.float().T
@@ -47,8 +48,8 @@ def test_a_bf16_copy_of_pi_sft_would_not_be_the_policy_under_autocast(sft5, reco
     fp32, processor = M.load_model(sft5, device="cpu", dtype=torch.float32)
     bf16, _ = M.load_model(sft5, device="cpu", dtype=torch.bfloat16)
     prompt = data.prompt_batch(processor, records[:2])
-    ids, mask = data.target_batch(processor.tokenizer, records[:2])
-    with torch.no_grad(), M.autocast("cpu", "bf16"):
+    ids, mask = data.target_batch(processor.tokenizer, records[:2], M.end_of_turn(processor))
+    with torch.no_grad(), precision.autocast("cpu", "bf16"):
         a, b = (M.group_logprobs(net, prompt, ids, mask, 1) for net in (fp32, bf16))
     assert (a - b)[mask.bool()].abs().max() > 1e-3  # measured 3e-3 here; 3.7 nats of KL on a random 2.27B model
 
@@ -71,7 +72,7 @@ def test_the_second_iteration_sees_the_updated_weights_under_bf16(tiny_dir, reco
     try:
         train_grpo.policy_step(policy, policy, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"), params,
                                prompt, ids, mask, torch.tensor([1.0, -1.0, 0.5, -0.5]), args)
-        with M.autocast("cpu", "bf16"):
+        with precision.autocast("cpu", "bf16"):
             after = M.group_logprobs(policy, prompt, ids, mask, 4).detach()  # π_θ after both steps
     finally:
         train_grpo.grpo_loss = original
@@ -84,7 +85,7 @@ def test_the_second_iteration_sees_the_updated_weights_under_bf16(tiny_dir, reco
     args.iterations = 1
     train_grpo.policy_step(fresh, fresh, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"), params, prompt, ids,
                            mask, torch.tensor([1.0, -1.0, 0.5, -0.5]), args)
-    with M.autocast("cpu", "bf16"):
+    with precision.autocast("cpu", "bf16"):
         one_step = M.group_logprobs(fresh, prompt, ids, mask, 4).detach()
     torch.testing.assert_close(seen[1], one_step)
     assert not torch.equal(after, seen[1])
@@ -284,13 +285,13 @@ def test_resume_without_a_checkpoint_says_so_and_a_new_run_keeps_off_an_old_one(
 
 # ---- the GPU path, exact and lean (its logic on the CPU) ----
 
-@pytest.fixture(scope="module")
-def wide(synth_dir, tmp_path_factory):
-    """A tiny Qwen2.5-VL four times as wide (hidden 256), where last-bit differences show in log-probs."""
+@pytest.fixture(scope="module", params=["qwen2.5-vl", "qwen3-vl"])
+def wide(synth_dir, tmp_path_factory, request):
+    """A tiny model of each family four times as wide (hidden 256), where last-bit differences show in log-probs."""
     from tiny import build_tiny, corpus_lines
     out = str(tmp_path_factory.mktemp("wide"))
-    return build_tiny(out, seed=1, corpus=list(corpus_lines([os.path.join(synth_dir, "train.jsonl")])),
-                      vocab_size=512, hidden=256, heads=4, layers=2)
+    return build_tiny(out, family=request.param, seed=1, vocab_size=512, hidden=256, heads=4, layers=2,
+                      corpus=list(corpus_lines([os.path.join(synth_dir, "train.jsonl")])))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
@@ -312,21 +313,21 @@ def test_before_the_first_update_log_pi_theta_equals_log_pi_sft_to_the_bit(wide,
         assert keep.any() and torch.equal(logps[keep], ref[keep])
 
 
-def test_the_frozen_vision_tower_runs_once_a_step(sft5, five, tmp_path, monkeypatch):
+def test_the_frozen_vision_tower_runs_once_a_step(family_dir, five, tmp_path, monkeypatch):
     images = []
     real = M.load_model
 
     def counting(*a, **k):
         net, processor = real(*a, **k)
-        M.inner(net).visual.register_forward_pre_hook(lambda mod, args, kw: images.append(int(kw["grid_thw"].shape[0])),
-                                                      with_kwargs=True)
+        M.vision_modules(net)[0].register_forward_pre_hook(
+            lambda mod, args, kw: images.append(int(kw["grid_thw"].shape[0])), with_kwargs=True)
         return net, processor
 
     monkeypatch.setattr(M, "load_model", counting)
-    train_grpo.main(grpo_args(sft5, five, tmp_path / "frozen", "--stop-after", "1"))  # 2 prompts x G=4
+    train_grpo.main(grpo_args(family_dir, five, tmp_path / "frozen", "--stop-after", "1"))  # 2 prompts x G=4
     assert sum(images) == 2  # each prompt's image once: sampling, π_SFT and π_θ share its embeddings
     images.clear()
-    train_grpo.main(grpo_args(sft5, five, tmp_path / "trained", "--stop-after", "1", "--train-vision"))
+    train_grpo.main(grpo_args(family_dir, five, tmp_path / "trained", "--stop-after", "1", "--train-vision"))
     assert sum(images) == 6  # a trained tower: sampling, π_SFT and π_θ each run it
 
 
@@ -336,7 +337,7 @@ def test_the_kv_cache_keeps_keys_in_the_dtype_attention_reads(tiny, records, mon
     real = sampler.KVCache
     monkeypatch.setattr(sampler, "KVCache", lambda *a, **k: caches.append(real(*a, **k)) or caches[-1])
     prompt = data.prompt_batch(processor, records[:2])
-    with M.autocast("cpu", "bf16"):
+    with precision.autocast("cpu", "bf16"):
         sampler.sample(m, processor, prompt, group_size=2, max_new_tokens=4, seed=0)
     keys, values = caches[0].keys[0], caches[0].values[0]
     assert keys.dtype == values.dtype == torch.bfloat16  # fp32 keys beside bf16 values would be 1.5x the cache
@@ -365,13 +366,13 @@ def test_the_head_takes_bf16_inputs_to_fp32_logits_on_a_gpu():
     head's product takes bf16 inputs to an fp32 result of the right shape, with a gradient; the CPU keeps fp32."""
     weight = torch.empty(300, 64, device="meta", requires_grad=True)
     hidden = torch.empty(10, 64, device="meta", requires_grad=True)
-    logits = M.head_product(hidden, weight, bf16_inputs=True)
+    logits = precision.head_product(hidden, weight, bf16_inputs=True)
     assert logits.dtype == torch.float32 and logits.shape == (10, 300)
     logits.sum().backward()
     assert hidden.grad.shape == hidden.shape and weight.grad.shape == weight.shape
-    assert M.MM_TO_FP32 == ("cuda",)
+    assert precision.MM_TO_FP32 == ("cuda",)
     with pytest.raises(NotImplementedError):  # why the CPU computes the head in fp32
-        M.head_product(torch.zeros(2, 4), torch.zeros(3, 4), bf16_inputs=True)
+        precision.head_product(torch.zeros(2, 4), torch.zeros(3, 4), bf16_inputs=True)
 
 
 # ---- the LM head's bf16 copy, the decode graphs' memory, each step's peak ----
@@ -379,19 +380,19 @@ def test_the_head_takes_bf16_inputs_to_fp32_logits_on_a_gpu():
 @pytest.fixture()
 def bf16_head_on_cpu(monkeypatch):
     """The GPU's bf16 head (bf16 inputs, fp32 accumulation) emulated on the CPU, its weight casts counted."""
-    monkeypatch.setattr(M, "MM_TO_FP32", ("cuda", "cpu"))
-    monkeypatch.setattr(M, "_mm_fp32", lambda a, b: torch.mm(a.float(), b.float()))
-    casts, real = [], M._cast_bf16
-    monkeypatch.setattr(M, "_cast_bf16", lambda weight: casts.append(weight._version) or real(weight))
+    monkeypatch.setattr(precision, "MM_TO_FP32", ("cuda", "cpu"))
+    monkeypatch.setattr(precision, "_mm_fp32", lambda a, b: torch.mm(a.float(), b.float()))
+    casts, real = [], precision._cast_bf16
+    monkeypatch.setattr(precision, "_cast_bf16", lambda weight: casts.append(weight._version) or real(weight))
     return casts
 
 
 def test_the_lm_head_is_cast_to_bf16_once_a_sampled_batch(bf16_head_on_cpu, tiny, records):
     casts = bf16_head_on_cpu
     policy, processor = tiny
-    M.fp32_logits(policy)
+    precision.fp32_logits(policy)
     prompt = data.prompt_batch(processor, records[:2])
-    with M.autocast("cpu", "bf16"):
+    with precision.autocast("cpu", "bf16"):
         out = sampler.sample(policy, processor, prompt, group_size=4, max_new_tokens=12, min_new_tokens=12, seed=0)
         assert out["completion_ids"].shape[1] == 12 and casts == [0]  # a prefill and 11 decode forwards: one copy
         policy(**prompt, logits_to_keep=1)
@@ -409,7 +410,7 @@ def test_the_lm_head_is_cast_to_bf16_once_a_loss_step(bf16_head_on_cpu, sft5, re
     policy, reference = (M.add_lora(sft, 4, 8, 0.0), None) if mode == "lora" else (sft.requires_grad_(True), M.load_model(sft5, device="cpu")[0])
     for net in (policy, reference):
         if net is not None:
-            M.fp32_logits(net)
+            precision.fp32_logits(net)
     prompt = data.prompt_batch(processor, records[:2])
     rollout = sampler.sample(policy, processor, prompt, group_size=2, max_new_tokens=8, seed=0)  # fp32: no cast
     assert casts == []
