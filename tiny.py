@@ -1,13 +1,16 @@
-"""The tiny offline Qwen2.5-VL and its tokenizer: a random model folder that loads like Qwen2.5-VL-3B-Instruct.
+"""The tiny offline models and their tokenizers: random model folders that load like the hub's Instruct checkpoints.
 
-A real `Qwen2_5_VLForConditionalGeneration` with random weights and a byte-level BPE tokenizer trained offline.
+A real `Qwen2_5_VLForConditionalGeneration` (or `Qwen3VLForConditionalGeneration`) with random weights, a byte-level
+BPE tokenizer trained offline with the family's special tokens in its order, its real chat template (templates/), and
+its real preprocessor and generation settings with the geometry shrunk.
 
-Imports model.py only (the end-of-turn tokens, and the loader that checks what was written).
+Imports nothing from the project.
 
-    python tiny.py --out runs/tiny --corpus runs/data/train.jsonl   # a random tiny Qwen2.5-VL + processor
+    python tiny.py --out runs/tiny --corpus runs/data/train.jsonl                      # a random tiny Qwen2.5-VL
+    python tiny.py --out runs/tiny3 --corpus runs/data/train.jsonl --family qwen3-vl   # a random tiny Qwen3-VL
 
-Every code path (processor, M-RoPE, vision tower, LoRA, the sampler) is the one the 3B model runs through, so the
-tests and the CPU demo exercise the real code without downloading anything.
+Every code path (processor, M-RoPE, vision tower, deepstack, LoRA, the sampler) is the one the real models run
+through, so the tests and the CPU demo exercise the real code without downloading anything.
 """
 import argparse
 import glob
@@ -16,36 +19,37 @@ import math
 import os
 
 import torch
-from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import (GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer,
+                          Qwen3VLConfig, Qwen3VLForConditionalGeneration)
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-import model as M
 
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 # The special tokens of Qwen2.5-VL, in Qwen's order (ids follow the BPE vocabulary, as in Qwen's tokenizer).
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
                   "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
                   "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>",
                   "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
                   "<|repo_name|>", "<|file_sep|>"]
+# Qwen3-VL's added tokens (ids 151643-151668 of its tokenizer): the first 14 special, the rest, <think> and </think>
+# among them, added but not special (skip_special_tokens keeps them). Evidence: docs/families.md, "Qwen3-VL".
+QWEN3_TOKENS = SPECIAL_TOKENS + ["<tool_response>", "</tool_response>", "<think>", "</think>"]
+QWEN3_SPECIAL = 14
 # Qwen2's pre-tokenizer split (digits one by one, words with their leading space or punctuation).
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                r"\s*[\r\n]+|\s+(?!\S)|\s+")
-# Qwen2.5-VL's chat template, images only.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
-    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
-    "{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+FAMILIES = ("qwen2.5-vl", "qwen3-vl")
 
 
-def train_bpe(corpus, vocab_size: int, special_tokens: list[str]):
+def chat_template(family: str) -> str:
+    """The family's chat template as its hub checkpoint ships it (templates/, each file cited in docs/families.md)."""
+    return open(os.path.join(TEMPLATES, f"{family}.jinja"), encoding="utf-8").read()
+
+
+def train_bpe(corpus, vocab_size: int, special_tokens: list[str], added_tokens=()):
     """A byte-level BPE (a `tokenizers.Tokenizer`) with Qwen2's pre-tokenizer, trained offline on `corpus`, its special
-    tokens after the vocabulary as in Qwen's tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    tokens (then any added, not special, tokens) after the vocabulary as in Qwen's tokenizer."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     bpe = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     bpe.normalizer = normalizers.NFC()
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
@@ -56,13 +60,15 @@ def train_bpe(corpus, vocab_size: int, special_tokens: list[str]):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     bpe.train_from_iterator(corpus, trainer)
     bpe.add_special_tokens(special_tokens)
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in added_tokens])
     return bpe
 
 
-def train_tokenizer(corpus, vocab_size: int = 1024):
-    """Qwen2.5-VL's tokenizer in miniature: a byte-level BPE trained offline with Qwen's special tokens."""
-    from transformers import Qwen2Tokenizer
-    return Qwen2Tokenizer(tokenizer_object=train_bpe(corpus, vocab_size, SPECIAL_TOKENS), eos_token=M.END_OF_TURN,
+def train_tokenizer(corpus, vocab_size: int = 1024, family: str = "qwen2.5-vl"):
+    """The family's tokenizer in miniature: a byte-level BPE trained offline with its special tokens."""
+    special, added = (QWEN3_TOKENS[:QWEN3_SPECIAL], QWEN3_TOKENS[QWEN3_SPECIAL:]) if family == "qwen3-vl" else \
+        (SPECIAL_TOKENS, [])
+    return Qwen2Tokenizer(tokenizer_object=train_bpe(corpus, vocab_size, special, added), eos_token="<|im_end|>",
                           pad_token="<|endoftext|>", bos_token=None, unk_token=None, padding_side="left", errors="replace",
                           model_max_length=32768, clean_up_tokenization_spaces=False, split_special_tokens=False)
 
@@ -88,7 +94,7 @@ def token_ids(tokenizer) -> dict:
 
 def text_ids(tokenizer) -> dict:
     ids = tokenizer.convert_tokens_to_ids
-    return dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids(M.END_OF_TURN), pad_token_id=ids("<|endoftext|>"))
+    return dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
 
 
 def real_config(tokenizer) -> Qwen2_5_VLConfig:
@@ -96,6 +102,14 @@ def real_config(tokenizer) -> Qwen2_5_VLConfig:
     random weights at the real shapes, for benchmarks (sampled ids the tokenizer lacks decode to nothing)."""
     return Qwen2_5_VLConfig(text_config={**QWEN25_VL_3B["text_config"], **text_ids(tokenizer)},
                             vision_config=QWEN25_VL_3B["vision_config"], tie_word_embeddings=True, **token_ids(tokenizer))
+
+
+# Initialisation of the tiny models. With the usual 0.02 the tied output layer keeps every logit within about ±1, a
+# LoRA (which cannot change it) stalls at a loss of ~5.5 on 8 examples, and a tiny random model answers the same for
+# every image; 0.3 lets it reach ~0.001, as a pretrained model would. The tower at 0.05, not 0.02: image tokens then
+# leave the merger at about the scale of the text embeddings (std ~0.4 vs 0.3; 0.06 at 0.02), not drowned in the
+# residual stream.
+TEXT_INIT, VISION_INIT = 0.3, 0.05
 
 
 def tiny_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 64,
@@ -108,17 +122,53 @@ def tiny_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, vi
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                          max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=True,
                          rope_parameters={"rope_type": "default", "rope_theta": rope_theta, "mrope_section": mrope},
-                         initializer_range=0.3, **text_ids(tokenizer)),
+                         initializer_range=TEXT_INIT, **text_ids(tokenizer)),
         vision_config=dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
                            num_heads=vision_heads, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                            window_size=112, out_hidden_size=hidden, fullatt_block_indexes=list(range(vision_layers)),
-                           # 0.05, not 0.02: image tokens then leave the merger at about the scale of the text
-                           # embeddings (std ~0.4 vs 0.3; 0.06 at 0.02), and are not drowned in the residual stream
-                           initializer_range=0.05),
-        tie_word_embeddings=True, **token_ids(tokenizer),
-        # With the usual 0.02 the tied output layer keeps every logit within about ±1, and a LoRA (which cannot
-        # change it) stalls at a loss of ~5.5 on 8 examples; 0.3 lets it reach ~0.001, as a pretrained model would.
-        initializer_range=0.3)
+                           initializer_range=VISION_INIT),
+        tie_word_embeddings=True, **token_ids(tokenizer), initializer_range=TEXT_INIT)
+
+
+def tiny_qwen3_config(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, vision_hidden: int = 64,
+                      vision_layers: int = 2, rope_theta: float = 1e4, vision_heads: int = 2,
+                      image_px: int = 128) -> Qwen3VLConfig:
+    """Qwen3-VL-2B/4B-Instruct's config.json (docs/families.md) shrunk. Set where a default would hide what the real
+    model does: head_dim (a default of 128), mrope_section in the real 24:20:20 proportion with the real interleaving
+    (a missing one falls back to [24, 20, 20], another split), deepstack layers that fire in a tower of 2-3 blocks
+    (the real [5, 11, 17] of 24 never fire in one), a learned position grid of the tiny image's side."""
+    head_dim = hidden // heads
+    half = head_dim // 2
+    hw = half * 20 // 64
+    return Qwen3VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=3 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                         head_dim=head_dim, max_position_embeddings=4096, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": rope_theta,
+                                          "mrope_section": [half - 2 * hw, hw, hw], "mrope_interleaved": True},
+                         initializer_range=TEXT_INIT, bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>")),
+        vision_config=dict(depth=vision_layers, hidden_size=vision_hidden, intermediate_size=4 * vision_hidden,
+                           num_heads=vision_heads, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                           out_hidden_size=hidden, num_position_embeddings=(image_px // 16) ** 2,
+                           deepstack_visual_indexes=list(range(min(3, vision_layers, layers))),
+                           initializer_range=VISION_INIT),
+        tie_word_embeddings=True, **token_ids(tokenizer))
+
+
+def processor_files(out: str, family: str, image_px: int):
+    """The preprocessor settings of the family's hub checkpoint (docs/families.md), images bounded to image_px²."""
+    if family == "qwen2.5-vl":  # Images of up to image_px² pixels: 112 px gives 8x8 patches of 14 px, 16 tokens
+        Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=image_px * image_px).save_pretrained(out)
+        return
+    # Qwen3-VL-2B/4B-Instruct's preprocessor_config.json and video_preprocessor_config.json, sizes (pixel counts)
+    # shrunk from 256²..4096²: 128 px gives 8x8 patches of 16 px, merged 2x2 into 16 image tokens
+    common = {"patch_size": 16, "temporal_patch_size": 2, "merge_size": 2, "image_mean": [0.5, 0.5, 0.5],
+              "image_std": [0.5, 0.5, 0.5], "processor_class": "Qwen3VLProcessor"}
+    for name, size, kind in (("preprocessor_config.json", 32 * 32, {"image_processor_type": "Qwen2VLImageProcessorFast"}),
+                             ("video_preprocessor_config.json", 16 * 16, {"video_processor_type": "Qwen3VLVideoProcessor"})):
+        settings = {"size": {"longest_edge": image_px * image_px, "shortest_edge": size}, **common, **kind}
+        json.dump(settings, open(os.path.join(out, name), "w"), indent=4)
 
 
 def corpus_lines(paths: list[str]):
@@ -133,34 +183,48 @@ def corpus_lines(paths: list[str]):
                 yield line
 
 
-def build_tiny(out: str, *, seed: int = 0, corpus=(), vocab_size: int = 1024, hidden: int = 64, layers: int = 2,
-               heads: int = 4, rope_theta: float = 1e4, image_px: int = 112, dtype: torch.dtype = torch.float32,
-               device: str = "cpu", preset: str | None = None, vision_hidden: int = 64, vision_layers: int = 1,
-               vision_heads: int = 2) -> str:
-    """Write a randomly initialised tiny Qwen2.5-VL and its processor to `out`; loads like the hub model. Built on
-    `device` and written in `dtype` (the 3.75B model of preset="qwen2.5-vl-3b" initialises in seconds on a GPU and
-    takes half the disk in bf16)."""
+def build_tiny(out: str, *, family: str = "qwen2.5-vl", seed: int = 0, corpus=(), vocab_size: int = 1024,
+               hidden: int = 64, layers: int = 2, heads: int = 4, rope_theta: float = 1e4, image_px: int | None = None,
+               dtype: torch.dtype = torch.float32, device: str = "cpu", preset: str | None = None,
+               vision_hidden: int = 64, vision_layers: int | None = None, vision_heads: int = 2) -> str:
+    """Write a randomly initialised tiny model of `family` and its processor to `out`; loads like the hub model. Built
+    on `device` and written in `dtype` (the 3.75B model of preset="qwen2.5-vl-3b" initialises in seconds on a GPU and
+    takes half the disk in bf16). image_px: 112 for Qwen2.5-VL, 128 for Qwen3-VL (16 image tokens either way)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}: one of {', '.join(FAMILIES)}")
     torch.manual_seed(seed)
-    tokenizer = train_tokenizer(["<think> </think> <answer> </answer> A B C D", *corpus], vocab_size)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    config = real_config(tokenizer) if preset == "qwen2.5-vl-3b" else \
-        tiny_config(tokenizer, hidden=hidden, layers=layers, heads=heads, rope_theta=rope_theta,
-                    vision_hidden=vision_hidden, vision_layers=vision_layers, vision_heads=vision_heads)
+    qwen3 = family == "qwen3-vl"
+    image_px = image_px or (128 if qwen3 else 112)
+    tokenizer = train_tokenizer(["<think> </think> <answer> </answer> A B C D", *corpus], vocab_size, family)
+    tokenizer.chat_template = chat_template(family)
+    size = dict(hidden=hidden, layers=layers, heads=heads, rope_theta=rope_theta, vision_hidden=vision_hidden,
+                vision_heads=vision_heads, vision_layers=vision_layers or (2 if qwen3 else 1))
+    if preset == "qwen2.5-vl-3b":
+        config, net = real_config(tokenizer), Qwen2_5_VLForConditionalGeneration
+    elif qwen3:
+        config, net = tiny_qwen3_config(tokenizer, image_px=image_px, **size), Qwen3VLForConditionalGeneration
+    else:
+        config, net = tiny_config(tokenizer, **size), Qwen2_5_VLForConditionalGeneration
     with torch.device(device):
-        model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
+        model = net(config).to(dtype)
+    ids = tokenizer.convert_tokens_to_ids
+    ends = [ids("<|im_end|>"), ids("<|endoftext|>")]
+    # Qwen3-VL-2B/4B-Instruct's generation_config.json (its chat settings; the sampler decodes π_θ itself, not these)
     model.generation_config = GenerationConfig(
-        bos_token_id=config.text_config.bos_token_id, pad_token_id=config.text_config.pad_token_id,
-        eos_token_id=M.end_token_ids(tokenizer), do_sample=False)
+        bos_token_id=ends[1], pad_token_id=ends[1], eos_token_id=ends, do_sample=True, top_k=20, top_p=0.8,
+        repetition_penalty=1.0, temperature=0.7) if qwen3 else \
+        GenerationConfig(bos_token_id=ends[1], pad_token_id=ends[1], eos_token_id=ends, do_sample=False)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    # Images of up to image_px² pixels: 112 px gives 8x8 patches of 14 px, merged 2x2 into 16 image tokens.
-    Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=image_px * image_px).save_pretrained(out)
+    processor_files(out, family, image_px)
     return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--family", choices=FAMILIES, default="qwen2.5-vl", help="the architecture, its tokenizer, chat "
+                   "template and processor (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: %(default)s)")
     p.add_argument("--corpus", nargs="*", default=[], help="JSONL or text files to train the BPE tokenizer on")
     p.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size before the special tokens "
@@ -169,13 +233,14 @@ def main(argv=None):
     p.add_argument("--layers", type=int, default=2, help="layers of the language model (default: %(default)s)")
     p.add_argument("--heads", type=int, default=4, help="attention heads of the language model (default: %(default)s)")
     p.add_argument("--vision-hidden", type=int, default=64, help="width of the vision tower (default: %(default)s)")
-    p.add_argument("--vision-layers", type=int, default=1, help="blocks of the vision tower (default: %(default)s)")
+    p.add_argument("--vision-layers", type=int, help="blocks of the vision tower (default: 1 for qwen2.5-vl, 2 for "
+                   "qwen3-vl, whose deepstack features come from them)")
     p.add_argument("--vision-heads", type=int, default=2, help="attention heads of the vision tower (default: "
                    "%(default)s)")
     p.add_argument("--rope-theta", type=float, default=1e4, help="rotary base; Qwen's 1e6 leaves a 16-dim head "
                    "about two frequencies that resolve nearby positions (default: %(default)s)")
-    p.add_argument("--image-px", type=int, default=112, help="largest image side the processor keeps, in pixels "
-                   "(default: %(default)s)")
+    p.add_argument("--image-px", type=int, help="largest image side the processor keeps, in pixels (default: 112 for "
+                   "qwen2.5-vl, 128 for qwen3-vl: 16 image tokens)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weights as written (default: "
                    "%(default)s; bfloat16 halves the disk of a large one)")
     p.add_argument("--device", default="cpu", help="where the random weights are made (cuda: seconds for billions; "
@@ -185,16 +250,19 @@ def main(argv=None):
                    "--hidden/--layers/--heads: for benchmarks at the real shapes (make it with --device cuda --dtype "
                    "bfloat16)")
     args = p.parse_args(argv)
-    build_tiny(args.out, seed=args.seed, corpus=list(corpus_lines(args.corpus)), vocab_size=args.vocab_size,
-               hidden=args.hidden, layers=args.layers, heads=args.heads, rope_theta=args.rope_theta, image_px=args.image_px,
-               dtype=getattr(torch, args.dtype), device=args.device, preset=args.preset,
-               vision_hidden=args.vision_hidden, vision_layers=args.vision_layers, vision_heads=args.vision_heads)
+    if args.preset and args.family != "qwen2.5-vl":
+        p.error("--preset qwen2.5-vl-3b builds a Qwen2.5-VL: drop --family or --preset")
+    build_tiny(args.out, family=args.family, seed=args.seed, corpus=list(corpus_lines(args.corpus)),
+               vocab_size=args.vocab_size, hidden=args.hidden, layers=args.layers, heads=args.heads,
+               rope_theta=args.rope_theta, image_px=args.image_px, dtype=getattr(torch, args.dtype), device=args.device,
+               preset=args.preset, vision_hidden=args.vision_hidden, vision_layers=args.vision_layers,
+               vision_heads=args.vision_heads)
     from safetensors import safe_open  # counted from the files' headers: nothing is loaded back
     count = 0
     for file in glob.glob(os.path.join(args.out, "*.safetensors")):
         with safe_open(file, "pt") as f:
             count += sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
-    print(f"wrote {args.out}: Qwen2.5-VL with {count:,} parameters ({args.dtype})")
+    print(f"wrote {args.out}: {args.family} with {count:,} parameters ({args.dtype})")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,30 @@ def tiny_dir(tmp_path_factory, synth_dir):
 
 
 @pytest.fixture(scope="session")
+def qwen3_dir(tmp_path_factory, synth_dir):
+    """The tiny random Qwen3-VL (tiny.py --family qwen3-vl), its tokenizer trained on the same text."""
+    corpus = list(corpus_lines([os.path.join(synth_dir, "train.jsonl")]))
+    return built_once("qwen3", tmp_path_factory, lambda out: build_tiny(out, family="qwen3-vl", seed=0, corpus=corpus,
+                                                                        vocab_size=512))
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tiny_dir, qwen3_dir):
+    return {"qwen2.5-vl": tiny_dir, "qwen3-vl": qwen3_dir}
+
+
+@pytest.fixture(params=["qwen2.5-vl", "qwen3-vl"])
+def family_dir(request, family_dirs):
+    """Each family's tiny model folder in turn: a test that takes it runs for every family of model.FAMILIES."""
+    return family_dirs[request.param]
+
+
+@pytest.fixture()
+def vlm(family_dir):
+    return model.load_model(family_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
 def records(synth_dir):
     return data.load_jsonl(os.path.join(synth_dir, "train.jsonl"))
 

@@ -17,7 +17,7 @@ policy, _ = M.load_model(ckpt, device="cpu")
 policy.requires_grad_(True)
 roll = torch.load(rollouts_path, weights_only=True)
 n = len(roll["prompts"]["input_ids"]) // world  # prompts per rank, each with its G completions
-prompts, rows = train_grpo.take(roll["prompts"], slice(rank * n, (rank + 1) * n)), slice(rank * n * 4, (rank + 1) * n * 4)
+prompts, rows = M.take(roll["prompts"], slice(rank * n, (rank + 1) * n)), slice(rank * n * 4, (rank + 1) * n * 4)
 args = train_grpo.parse_args(["--data", "-", "--micro-batch", micro_batch, "--group-size", "4", "--lr", "1e-3", "--loss-agg", loss_agg,
                               "--iterations", "2", "--ratio-ref", "old", "--beta", "0.1"])
 params = [p for p in policy.parameters() if p.requires_grad]

@@ -23,8 +23,8 @@ def test_tiny_loads_offline_like_the_hub_model(tiny_dir, tiny):
     assert model.count_parameters(m) < 2_000_000
 
 
-def test_left_padded_batch_equals_each_row_alone(tiny, records):
-    m, processor = tiny
+def test_left_padded_batch_equals_each_row_alone(vlm, records):
+    m, processor = vlm
     pair = [records[0], next(r for r in records if r["image"] != records[0]["image"] and len(r["question"]) > 45)]
     batch = data.prompt_batch(processor, pair)
     assert (batch["attention_mask"][:, 0] == 0).any(), "rows of different lengths: one must be left padded"
@@ -36,10 +36,10 @@ def test_left_padded_batch_equals_each_row_alone(tiny, records):
             torch.testing.assert_close(logits[i, -n:], m(**alone).logits[0], atol=1e-4, rtol=1e-4)
 
 
-def test_completion_logprobs_equal_full_log_softmax_and_keep_only_completion_logits(tiny, records):
-    m, processor = tiny
+def test_completion_logprobs_equal_full_log_softmax_and_keep_only_completion_logits(vlm, records):
+    m, processor = vlm
     batch = data.prompt_batch(processor, records[:3])
-    ids, mask = data.target_batch(processor.tokenizer, records[:3])
+    ids, mask = data.target_batch(processor.tokenizer, records[:3], model.end_of_turn(processor))
     shapes = []
     hook = m.lm_head.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
     with torch.no_grad():
@@ -60,22 +60,30 @@ def test_end_of_turn_mask_stops_after_the_first_end_token():
     assert model.end_of_turn_mask(ids, [E]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
 
 
-def test_lora_targets_the_language_model_only(tiny):
-    m, _ = tiny
+VISION_PROJECTIONS = {"qwen2.5-vl": {"qkv", "proj", "gate_proj", "up_proj", "down_proj"},  # the towers' own names
+                      "qwen3-vl": {"qkv", "proj", "linear_fc1", "linear_fc2"}}
+
+
+def test_lora_targets_the_language_model_and_with_train_vision_the_towers_blocks(family_dir):
+    m, _ = model.load_model(family_dir, device="cpu")
     peft_model = model.add_lora(m, r=4, alpha=8)
     wrapped = [n for n, _ in peft_model.named_modules() if n.endswith("lora_A")]
     assert wrapped and all("language_model" in n for n in wrapped)
     assert {n.split(".")[-2] for n in wrapped} == set(model.LORA_TARGETS.split(","))
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    with_vision = model.add_lora(model.load_model(peft_model.base_model.model.name_or_path, device="cpu")[0],
-                                 r=4, alpha=8, train_vision=True)
-    assert any("visual" in n for n, _ in with_vision.named_modules() if n.endswith("lora_A"))
+    with_vision = model.add_lora(model.load_model(family_dir, device="cpu")[0], r=4, alpha=8, train_vision=True)
+    vision = [n.removesuffix(".lora_A") for n, _ in with_vision.named_modules()
+              if n.endswith("lora_A") and "language_model" not in n]
+    blocks = model.inner(with_vision).get_submodule(model.family(with_vision).vision_blocks)
+    assert all(".visual.blocks." in n for n in vision)  # not the merger (Qwen3-VL's is linear_fc1/2 too)
+    assert {n.split(".")[-1] for n in vision} == VISION_PROJECTIONS[model.family(m).name]
+    assert len(vision) == len(blocks) * len(VISION_PROJECTIONS[model.family(m).name])
 
 
-def test_repeat_prompts_repeats_rows_and_image_patches(tiny, records):
+def test_repeat_prompts_repeats_rows_and_image_patches(vlm, records):
     """Each prompt n times in a row, its image patches (or features) with it, in every slot: [p0 p0 p0 p1 p1 p1]."""
-    m, processor = tiny
+    m, processor = vlm
     two = [records[0], next(r for r in records if r["image"] != records[0]["image"])]  # two images
     batch = data.prompt_batch(processor, two)
     n0 = int(batch["image_grid_thw"][0].prod())
@@ -86,21 +94,21 @@ def test_repeat_prompts_repeats_rows_and_image_patches(tiny, records):
     assert torch.equal(rep["pixel_values"], torch.cat([patches[i] for i in (0, 0, 0, 1, 1, 1)]))
     assert torch.equal(rep["image_grid_thw"], batch["image_grid_thw"][[0, 0, 0, 1, 1, 1]])
     features = model.image_features(m, batch)
-    assert not torch.equal(features[0], features[1])
+    assert not torch.equal(features[0][0], features[1][0])  # each image a tuple: its merged tokens (+ deepstack's)
     repeated = model.repeat_prompts({**batch, "image_features": features}, 3)["image_features"]
-    assert len(repeated) == 6 and all(torch.equal(f, features[i]) for f, i in zip(repeated, (0, 0, 0, 1, 1, 1)))
+    assert len(repeated) == 6 and all(f is features[i] for f, i in zip(repeated, (0, 0, 0, 1, 1, 1)))
 
 
-def test_shared_image_features_give_the_plain_loss_and_gradients_with_one_tower_pass_an_image(tiny, records):
+def test_shared_image_features_give_the_plain_loss_and_gradients_with_one_tower_pass_an_image(vlm, records):
     """train_sft.py --group-by-image: the rows that show one image share its tower pass (with gradient); the loss
     and every gradient, the vision tower's included, are those of one pass a row."""
-    m, processor = tiny
+    m, processor = vlm
     m.requires_grad_(True)
     two = [r for r in records if r["image_path"] == records[0]["image_path"]][:2]
     other = next(r for r in records if r["image_path"] != records[0]["image_path"])
     rows = [two[0], other, two[1]]  # image X, image Y, image X again
     prompt = data.prompt_batch(processor, rows)
-    ids, mask = data.target_batch(processor.tokenizer, rows)
+    ids, mask = data.target_batch(processor.tokenizer, rows, model.end_of_turn(processor))
     patches_seen = []
     hook = model.inner(m).visual.patch_embed.register_forward_pre_hook(lambda mod, a: patches_seen.append(len(a[0])))
 
@@ -123,17 +131,17 @@ def test_shared_image_features_give_the_plain_loss_and_gradients_with_one_tower_
         assert (shared_grads[name] - grad).norm() <= 1e-5 * grad.norm(), name
 
 
-def test_precomputed_image_features_replace_the_tower_in_every_forward(tiny, records):
+def test_precomputed_image_features_replace_the_tower_in_every_forward(vlm, records):
     """With prompt["image_features"] (train_grpo.py's frozen tower, run once a step) a forward takes the features and
     never runs the tower again, and its log-probs are those the pixels give."""
-    m, processor = tiny
+    m, processor = vlm
     prompt = data.prompt_batch(processor, records[:2])
-    ids, mask = data.target_batch(processor.tokenizer, records[2:6])
+    ids, mask = data.target_batch(processor.tokenizer, records[2:6], model.end_of_turn(processor))
     with torch.no_grad():
         from_pixels = model.group_logprobs(m, prompt, ids, mask, 2)
         featured = {**prompt, "image_features": model.image_features(m, prompt)}
         calls = []
-        hook = model.inner(m).visual.register_forward_pre_hook(lambda *a: calls.append(1))
+        hook = model.vision_modules(m)[0].register_forward_pre_hook(lambda *a: calls.append(1))
         try:
             shared = model.group_logprobs(m, featured, ids, mask, 2)
             repeated = model.group_logprobs(m, featured, ids, mask, 2, share_prompt=False)
@@ -144,8 +152,8 @@ def test_precomputed_image_features_replace_the_tower_in_every_forward(tiny, rec
     torch.testing.assert_close(repeated, from_pixels, atol=1e-5, rtol=1e-5)
 
 
-def test_group_logprobs_share_the_prompt_and_equal_the_repeated_path(tiny, records):
-    m, processor = tiny
+def test_group_logprobs_share_the_prompt_and_equal_the_repeated_path(vlm, records):
+    m, processor = vlm
     prompt = data.prompt_batch(processor, records[:3])
     rollout = sampler.sample(m, processor, prompt, group_size=4, max_new_tokens=16, seed=1)
     ids, mask = rollout["completion_ids"], rollout["completion_mask"]
@@ -176,8 +184,8 @@ def rows_through(m, fn):
     return images, layer
 
 
-def test_group_logprobs_run_each_prompt_once_per_group(tiny, records):
-    m, processor = tiny
+def test_group_logprobs_run_each_prompt_once_per_group(vlm, records):
+    m, processor = vlm
     prompt = data.prompt_batch(processor, records[:3])
     rollout = sampler.sample(m, processor, prompt, group_size=4, max_new_tokens=16, seed=1)
     ids, mask = rollout["completion_ids"], rollout["completion_mask"]
@@ -217,7 +225,7 @@ def test_images_of_different_sizes_in_one_batch(tiny_dir, records, tmp_path):
             keep = mask[2 * i:2 * i + 2].bool()
             torch.testing.assert_close(together[2 * i:2 * i + 2][keep], one[keep], atol=1e-5, rtol=1e-5)
     import train_grpo
-    middle = train_grpo.take(prompt, slice(1, 2))
+    middle = model.take(prompt, slice(1, 2))
     assert torch.equal(middle["pixel_values"], prompt["pixel_values"][64:96]) and middle["image_grid_thw"].tolist() == [[1, 8, 4]]
 
 
@@ -229,7 +237,7 @@ def test_max_pixels_bounds_the_image_tokens(tiny_dir, records, tmp_path):
     tokens = lambda processor: int(data.prompt_batch(processor, [big])["image_grid_thw"].prod()) // 4  # noqa: E731
     assert tokens(model.load_processor(tiny_dir)) == 16  # the tiny processor's own bound: 112x112
     assert tokens(model.load_processor(tiny_dir, max_pixels=56 * 56)) == 4
-    assert tokens(model.load_processor(tiny_dir, max_pixels=model.MAX_PIXELS)) == 16  # a lower own bound stays
+    assert tokens(model.load_processor(tiny_dir, max_pixels=model.MAX_IMAGE_TOKENS * 28 * 28)) == 16  # a lower own bound stays
     with pytest.raises(ValueError, match="below the processor's smallest image"):
         model.load_processor(tiny_dir, max_pixels=100)
 
@@ -269,7 +277,7 @@ def test_completion_texts_keep_special_tokens_but_not_the_final_end_of_turn(tiny
     word, start, end, pad = tok("<think>", add_special_tokens=False)["input_ids"], tok.convert_tokens_to_ids(
         "<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id
     ids = torch.tensor([[*word, start, *word, end, pad, pad, pad, pad], [*word, *word, start, *word]])  # ended; cut
-    mask = model.end_of_turn_mask(ids, model.end_token_ids(tok))
+    mask = model.end_of_turn_mask(ids, model.end_token_ids(processor))
     ended = torch.tensor([True, False])
     assert mask[0].sum() == 2 * len(word) + 2 and mask[1].all()
     texts = model.completion_texts(tok, ids, mask, ended)
@@ -290,4 +298,4 @@ def test_tiny_vision_tower_flags_shape_the_tower(synth_dir, records, tmp_path):
     assert len(model.inner(m).visual.blocks) == 3 and model.inner(m).visual.blocks[0].attn.num_heads == 4
     with torch.no_grad():
         features = model.image_features(m, data.prompt_batch(processor, records[:1]))
-    assert features[0].shape[-1] == m.config.text_config.hidden_size and torch.isfinite(features[0]).all()
+    assert features[0][0].shape[-1] == m.config.text_config.hidden_size and torch.isfinite(features[0][0]).all()

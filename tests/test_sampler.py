@@ -9,8 +9,8 @@ import model
 import sampler
 
 
-def test_sampling_groups_mask_and_seed(tiny, records):
-    m, processor = tiny
+def test_sampling_groups_mask_and_seed(vlm, records):
+    m, processor = vlm
     batch = data.prompt_batch(processor, records[:2])
     a = sampler.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=7)
     b = sampler.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=7)
@@ -18,7 +18,7 @@ def test_sampling_groups_mask_and_seed(tiny, records):
     assert a["completion_ids"].shape[0] == 8 and len(a["texts"]) == 8
     assert torch.equal(a["completion_ids"], b["completion_ids"]) and a["texts"] == b["texts"]
     assert not torch.equal(a["completion_ids"], c["completion_ids"])
-    vision = processor.tokenizer.convert_tokens_to_ids(sampler.VISION_TOKENS)
+    vision = processor.tokenizer.convert_tokens_to_ids(list(model.family(m).banned))
     assert not torch.isin(a["completion_ids"], torch.tensor(vision)).any()
 
 
@@ -29,20 +29,20 @@ def left_padded_pair(processor, records):
     return batch
 
 
-def test_the_sampler_decodes_greedily_as_generate_does(tiny, records):
-    m, processor = tiny
+def test_the_sampler_decodes_greedily_as_generate_does(vlm, records):
+    m, processor = vlm
     batch = left_padded_pair(processor, records)
     tok = processor.tokenizer
     ours = sampler.sample(m, processor, batch, greedy=True, group_size=3, max_new_tokens=40)["completion_ids"]
-    theirs = m.generate(**batch, do_sample=False, max_new_tokens=40, eos_token_id=model.end_token_ids(tok),
-                        pad_token_id=tok.pad_token_id, suppress_tokens=tok.convert_tokens_to_ids(sampler.VISION_TOKENS))
+    theirs = m.generate(**batch, do_sample=False, max_new_tokens=40, eos_token_id=model.end_token_ids(processor, m),
+                        pad_token_id=tok.pad_token_id, suppress_tokens=tok.convert_tokens_to_ids(list(model.family(m).banned)))
     theirs = theirs[:, batch["input_ids"].shape[1]:].repeat_interleave(3, 0)
     assert ours.shape[1] > 20 and torch.equal(ours, theirs[:, :ours.shape[1]])
 
 
-def test_the_samplers_logprobs_are_those_of_a_second_forward(tiny, records):
+def test_the_samplers_logprobs_are_those_of_a_second_forward(vlm, records):
     """What the sampler reports for each token is log π_θ (temperature 1, nothing suppressed): the loss's numbers."""
-    m, processor = tiny
+    m, processor = vlm
     batch = left_padded_pair(processor, records)
     for kwargs in (dict(), dict(temperature=0.7, top_p=0.9)):  # the log-probs stay π_θ's whatever the sampling
         out = sampler.sample(m, processor, batch, group_size=4, max_new_tokens=32, seed=3, **kwargs)
@@ -53,12 +53,12 @@ def test_the_samplers_logprobs_are_those_of_a_second_forward(tiny, records):
         assert (out["logprobs"][mask == 0] == 0).all()
 
 
-def test_the_sampler_masks_padding_under_eager_attention_as_under_sdpa(tiny_dir, records):
+def test_the_sampler_masks_padding_under_eager_attention_as_under_sdpa(family_dir, records):
     """Eager attention takes the mask as additive floats, SDPA as booleans: with a left-padded row, both decode the
     same tokens with the same log-probs (a wrong form lets the padding in, or masks the prompt out)."""
     outs = {}
     for attention in ("sdpa", "eager"):
-        m, processor = model.load_model(tiny_dir, device="cpu")
+        m, processor = model.load_model(family_dir, device="cpu")
         m.set_attn_implementation(attention)
         assert m.config._attn_implementation == attention
         batch = left_padded_pair(processor, records)
@@ -87,7 +87,7 @@ def test_the_sampler_draws_from_pi_theta(tiny, records, temperature, top_p):
     batch = data.prompt_batch(processor, records[:1])
     with torch.no_grad():
         logits = m(**batch).logits[0, -1].double()
-    logits[processor.tokenizer.convert_tokens_to_ids(sampler.VISION_TOKENS)] = float("-inf")
+    logits[processor.tokenizer.convert_tokens_to_ids(list(model.family(m).banned))] = float("-inf")
 
     def target(t):
         p = (logits / t).softmax(-1)
@@ -105,17 +105,17 @@ def test_the_sampler_draws_from_pi_theta(tiny, records, temperature, top_p):
     assert wrong > df_wrong + 6 * (2 * df_wrong) ** 0.5, (wrong, df_wrong)
 
 
-def test_sampling_ignores_the_checkpoints_generation_config(tiny_dir, records, tmp_path):
+def test_sampling_ignores_the_checkpoints_generation_config(family_dir, records, tmp_path):
     """Qwen2.5-VL-3B-Instruct ships chat settings (repetition_penalty 1.05, top_k 1, ...): rollouts and evaluation
     must decode π_θ itself, sampled and greedy alike."""
     import shutil
     chatty = tmp_path / "chatty"
-    shutil.copytree(tiny_dir, chatty)
+    shutil.copytree(family_dir, chatty)
     config = json.load(open(chatty / "generation_config.json"))
     config.update(repetition_penalty=1.05, top_k=1, top_p=0.001, temperature=0.1, do_sample=True,
                   no_repeat_ngram_size=2, typical_p=0.5, min_new_tokens=20, min_p=0.2, epsilon_cutoff=3e-4)
     json.dump(config, open(chatty / "generation_config.json", "w"))
-    plain, processor = model.load_model(tiny_dir, device="cpu")
+    plain, processor = model.load_model(family_dir, device="cpu")
     chat, _ = model.load_model(str(chatty), device="cpu")
     assert chat.generation_config.repetition_penalty == 1.05  # the checkpoint's settings are loaded ...
     prompt = data.prompt_batch(processor, records[:2])
@@ -126,13 +126,13 @@ def test_sampling_ignores_the_checkpoints_generation_config(tiny_dir, records, t
     assert chat.generation_config.repetition_penalty == 1.05  # and keeps them for whoever else uses the model
 
 
-def test_the_sampler_says_which_completions_ended_and_keeps_special_tokens_in_texts(tiny, records):
-    m, processor = tiny
+def test_the_sampler_says_which_completions_ended_and_keeps_special_tokens_in_texts(vlm, records):
+    m, processor = vlm
     tok = processor.tokenizer
     batch = data.prompt_batch(processor, records[:2])
     out = sampler.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=5)
     ids, mask, ended = out["completion_ids"], out["completion_mask"], out["ended"]
-    assert torch.equal(ended, torch.isin(ids, torch.tensor(model.end_token_ids(tok))).any(1))
+    assert torch.equal(ended, torch.isin(ids, torch.tensor(model.end_token_ids(processor, m))).any(1))
     assert out["texts"] == model.completion_texts(tok, ids, mask, ended)
     cut = sampler.sample(m, processor, batch, group_size=2, max_new_tokens=3, min_new_tokens=3, seed=5)
     assert not cut["ended"].any() and all(len(tok(t, add_special_tokens=False)["input_ids"]) >= 1 for t in cut["texts"])
