@@ -6,8 +6,8 @@ it alone (standing in for the paper's manual check). The templated files stay; t
 
     python cots.py --data my_set --cot-model PATH    # my_set/train.cot.jsonl, test.cot.jsonl; keep rate in summary.json
 
-The describer is any vision-language model transformers runs (the paper's MedGemma is a Gemma 3): Qwen2.5-VL through
-the project's sampler, others through `generate`. Train on train.cot.jsonl; evaluate on test.jsonl, never on
+The describer is any vision-language model transformers runs (the paper's MedGemma is a Gemma 3): a family of
+model.FAMILIES (Qwen2.5-VL, Qwen3-VL) through the project's sampler, others through `generate`. Train on train.cot.jsonl; evaluate on test.jsonl, never on
 test.cot.jsonl: keeping only the CoTs the judge follows to the right letter keeps the easier questions, and a test set
 filtered that way flatters every model.
 
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="the folder of train.jsonl / test.jsonl and their images")
     p.add_argument("--cot-model", required=True, help="a local vision-language model (folder or hub id) that writes "
-                   "the CoTs and judges them: Qwen2.5-VL, Gemma 3 (MedGemma), or any AutoModelForImageTextToText")
+                   "the CoTs and judges them: Qwen2.5-VL, Qwen3-VL, Gemma 3 (MedGemma), or any AutoModelForImageTextToText")
     p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per description and per CoT (default: 256)")
     p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)

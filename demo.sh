@@ -5,8 +5,10 @@
 # a 0.96M-parameter model trained from scratch is written next to each command. docs/demo.md says what this shows and
 # what it does not.
 #   SEED=1 OUT=runs/demo1 bash demo.sh   # another run: other initialisation, data order and sampling, same data
+#   FAMILY=qwen3-vl bash demo.sh         # the same on a tiny Qwen3-VL (runs/demo-qwen3-vl; docs/families.md)
 set -euo pipefail
-OUT=${OUT:-runs/demo}
+FAMILY=${FAMILY:-qwen2.5-vl}
+OUT=${OUT:-runs/demo$([ "$FAMILY" = qwen2.5-vl ] || echo "-$FAMILY")}
 SEED=${SEED:-0}
 export HF_HUB_OFFLINE=1
 # 4,000 images, 10% held out by patient (about 1,700 test questions), the same for every SEED. Options in one fixed
@@ -15,7 +17,8 @@ export HF_HUB_OFFLINE=1
 python synth.py --out "$OUT/data" --n-images 4000 --test-frac 0.1 --option-order fixed --lesion-scale 2 --seed 0
 # A vision tower of 2 blocks x 128 (the default 1 x 64 sees the lesion but cannot say where it lies: localization 32%
 # against 53%, docs/demo.md)
-python tiny.py --out "$OUT/tiny" --corpus "$OUT/data/train.jsonl" --vision-hidden 128 --vision-layers 2 --seed "$SEED"
+python tiny.py --out "$OUT/tiny" --corpus "$OUT/data/train.jsonl" --vision-hidden 128 --vision-layers 2 --seed "$SEED" \
+  --family "$FAMILY"
 SMALL="--model $OUT/tiny --data $OUT/data/train.jsonl --batch-size 16 --micro-batch 16 --lr 1.5e-3 --full --seed $SEED"
 # The judge F of Eq. 6, as the paper's external model: a copy of the tiny model trained text-only to name the
 # letter a CoT concludes (the SFT model itself reads thoughts without its image poorly: 34% on the gold CoTs)

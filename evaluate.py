@@ -9,10 +9,11 @@ thought states its conclusion (and the consistency of those that do and do not),
 `modality`.
 
 Any vision-language model that transformers' AutoModelForImageTextToText and its processor's chat template run is a
-row: Qwen2.5-VL decodes through the project's sampler, others (Gemma 3, LLaVA, ...) through `generate`, with the same
-prompt, parsing and metrics. Every row is judged by one judge (docs/metrics.md, "Table 1 you can compare"): the one given
-with --judge, else the one the Con-GRPO run among --ckpt used (its π_SFT when it judged itself). Models score in
-the regime training used: bf16 weights under autocast where the GPU has bf16, the LM head in fp32.
+row: a family that trains (Qwen2.5-VL, Qwen3-VL) decodes through the project's sampler, others (Gemma 3, LLaVA, ...)
+through `generate`, with the same prompt, parsing and metrics. Every row is judged by one judge (docs/metrics.md,
+"Table 1 you can compare"): the one given with --judge, else the one the Con-GRPO run among --ckpt used (its π_SFT when
+it judged itself). Models score in the regime training used: bf16 weights under autocast where the GPU has bf16, the
+LM head in fp32.
 
     python evaluate.py --ckpt sft_out --data test.jsonl --judge sft_out
     python evaluate.py --ckpt Qwen/Qwen2.5-VL-3B-Instruct sft_out grpo_out --names Qwen2.5-VL-3B SFT-only MedAD-R1 \

@@ -84,9 +84,9 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
     moves past its bucket; cuda_graph=None: where it can). The LM head's bf16 copy is made once for the call
     (precision.head_cast_once). Temperature and top-p as given, top-k off, nothing of the checkpoint's
     generation_config.json (Qwen2.5-VL-3B-Instruct's repetition_penalty 1.05 and top_k 1 would make every rollout
-    off-policy for Eq. 8). Vision tokens are never sampled (a sampled <|image_pad|> breaks the next forward's
-    image-token count: the family's banned tokens); no end of turn before min_new_tokens. Returns completion ids [N*G, T] (pad after the end),
-    their mask (up to the first end-of-turn token, included), their log-probs under π_θ at temperature 1 [N*G, T] (as
+    off-policy for Eq. 8). The family's vision tokens are never sampled (a sampled <|image_pad|> breaks the next
+    forward's image-token count); no end of turn before min_new_tokens. Returns completion ids [N*G, T] (pad after the
+    end), their mask (up to the first end-of-turn token, included), their log-probs under π_θ at temperature 1 [N*G, T] (as
     completion_logprobs gives them), `ended` [N*G] (stopped with an end-of-turn token within max_new_tokens), texts
     (model.completion_texts: without the final end-of-turn token, every other special token kept, so that R_fmt sees
     them), and the CUDA graphs captured with the seconds they took (`graph_captures`, `capture_s`).

@@ -1,4 +1,4 @@
-"""Stage 1 of MedAD-R1, Cognitive Injection: LoRA SFT of Qwen2.5-VL on <think>CoT</think><answer>letter</answer>.
+"""Stage 1 of MedAD-R1, Cognitive Injection: LoRA SFT of a VLM on <think>CoT</think><answer>letter</answer>.
 
 Minimises the negative log-likelihood of the target given the system prompt, the image, the question and its
 options (Eq. 1), averaged over the target tokens of each global batch. Only target tokens count: the system
@@ -9,6 +9,7 @@ Choices where the paper is silent: LoRA r=16, alpha=32, dropout 0.05 on the lang
 projections; linear warm-up over 3% of the steps then cosine decay to 0; gradient clipping at 1.0; no weight decay.
 
     python train_sft.py --model Qwen/Qwen2.5-VL-3B-Instruct --data train.jsonl --out sft_out
+    python train_sft.py --model Qwen/Qwen3-VL-4B-Instruct --data train.jsonl --out sft_out   # docs/families.md
     torchrun --nproc_per_node 8 train_sft.py --model ... --data train.jsonl --out sft_out   # same global batch
 
 bf16 as the paper says, as mixed precision (--precision bf16, the default on GPUs that support it): autocast around

@@ -10,6 +10,8 @@
 #                 and by how much)
 #   sampler       sampler.sample's exactness at the real shapes: greedy = generate, log-probs = completion_logprobs,
 #                 CUDA graph = eager
+#   qwen3         a Qwen3-VL at 127M (tiny.py --family qwen3-vl, 448 px): step 1 of train_grpo.py, full and LoRA, KL and
+#                 clip fraction exactly 0; the sampler's exactness and CUDA graph on its deepstack and interleaved M-RoPE
 #   real_shapes   at 448 and 1,008 px (256 and 1,296 image tokens): the Con-GRPO step (LoRA, full), its rollout's tokens/s
 #                 against the bandwidth bound and the CUDA graphs' capture time, peak memory; an SFT step
 #   e2e           the CLI at 127M parameters: synth -> tiny -> train_sft --full -> evaluate (questions/s)
@@ -51,9 +53,10 @@ PLAN=(      nccl         20
             kl0_fsdp     45
             kl0_gc       35
             sampler      30
-            real_shapes  100
-            e2e          45
-            trl          45 )
+            qwen3        60
+            real_shapes  80
+            e2e          40
+            trl          35 )
 declare -A LIMIT; PLANNED=0
 for ((i = 0; i < ${#PLAN[@]}; i += 2)); do LIMIT[${PLAN[i]}]=${PLAN[i+1]}; PLANNED=$(( PLANNED + PLAN[i+1] )); done
 T0=$(date +%s)
@@ -94,6 +97,12 @@ run kl0_lora $PY train_grpo.py $GRPO --out "$D/kl0_lora" --lora
 run kl0_fsdp $TORCHRUN1 train_grpo.py $GRPO --out "$D/kl0_fsdp" --fsdp
 run kl0_gc $PY train_grpo.py $GRPO --out "$D/kl0_gc" --lora --gradient-checkpointing
 run sampler $PY bench/sampler_check.py --ckpt "$D/big" --prompts 2 --group-size 2 --max-new-tokens $TOK
+Q3="--ckpt $D/q3 --data $D/data/eight.jsonl --epochs 1 --max-new-tokens $TOK --min-new-tokens $TOK --lr 1e-6 --log-samples-every 0 $PREC"
+run qwen3 bash -c "set -e
+$PY tiny.py --family qwen3-vl --out $D/q3 $E2E --corpus $D/data/train.jsonl --image-px $PX
+$PY train_grpo.py $Q3 --out $D/q3_full
+$PY train_grpo.py $Q3 --out $D/q3_lora --lora
+$PY bench/sampler_check.py --ckpt $D/q3 --prompts 2 --group-size 2 --max-new-tokens $TOK"
 run real_shapes $PY bench/real_shapes.py $SHAPES
 run e2e bash -c "set -e
 $PY tiny.py --out $D/m $E2E --corpus $D/data/train.jsonl --image-px $PX
@@ -116,6 +125,10 @@ fi
     [ -f "$D/kl0_$mode/metrics.jsonl" ] && echo "step 1, $mode: $(step1 "$D/kl0_$mode/metrics.jsonl")"
   done
   grep -h "greedy tokens equal" "$OUT/sampler.log"
+  for mode in full lora; do
+    [ -f "$D/q3_$mode/metrics.jsonl" ] && echo "step 1, qwen3-vl $mode: $(step1 "$D/q3_$mode/metrics.jsonl")"
+  done
+  grep -h "greedy tokens equal" "$OUT/qwen3.log"
   grep -h "bandwidth:\|SFT (\|Con-GRPO (\|out of GPU memory\|do not fit" "$OUT/real_shapes.log"
   [ -f "$D/eval/results.json" ] && $PY -c "import json; r = json.load(open('$D/eval/results.json'))['results'][0]
 print(f\"evaluate.py, e2e model: {1 / r['seconds_per_question']:.1f} questions/s\")"

@@ -4,6 +4,7 @@ by the same Judge, on the same device), in one run on one machine.
 
     pip install -r bench/requirements.txt
     python bench/grpo_vs_trl.py --size tiny     # the embedded tiny model, 112 px images (16 image tokens)
+    python bench/grpo_vs_trl.py --size tiny --family qwen3-vl                    # a tiny Qwen3-VL, 128 px (16 tokens)
     python bench/grpo_vs_trl.py --size small    # ~16M parameters, 448 px images (256 image tokens)
     python bench/grpo_vs_trl.py --size gpu --prompts 4 --max-new-tokens 64      # 127M parameters, on the GPU
     python bench/grpo_vs_trl.py --size 3b --steps 3                              # Qwen2.5-VL-3B's text widths
@@ -24,6 +25,7 @@ from common import SIZES, M, data, tiny_setup
 
 import rewards
 import train_grpo
+from tiny import FAMILIES
 
 def ours(ckpt, train, args):
     out = tempfile.mkdtemp(prefix="ours-")
@@ -79,12 +81,14 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=SIZES, default="tiny", help="model and image size (default: %(default)s)")
     p.add_argument("--ckpt", help="a model folder to use instead of a fresh random one of --size")
+    p.add_argument("--family", choices=FAMILIES, default="qwen2.5-vl", help="the fresh model's family (default: "
+                   "%(default)s)")
     p.add_argument("--prompts", type=int, default=2, help="prompts per step (default: %(default)s)")
     p.add_argument("--group-size", type=int, default=8, help="G (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens per completion (default: %(default)s)")
     p.add_argument("--steps", type=int, default=6, help="steps each; the first is warm-up (default: %(default)s)")
     args = p.parse_args()
-    _, _, records, folder = tiny_setup(n_images=60, **SIZES[args.size], build=args.ckpt is None)
+    _, _, records, folder = tiny_setup(n_images=60, **SIZES[args.size], build=args.ckpt is None, family=args.family)
     ckpt, train = args.ckpt or os.path.join(folder, "tiny"), os.path.join(folder, "data", "train.jsonl")
     rows = ours(ckpt, train, args)[1:]
     t_ours = [r["t_sample"] + r["t_judge"] + r["t_loss"] for r in rows]
@@ -93,12 +97,12 @@ def main():
     ratio = statistics.median(t_ours) / statistics.median(t_trl)
     device = M.default_device()
     where = torch.cuda.get_device_name() if device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"{args.size}: {M.count_parameters(M.load_model(ckpt, device='cpu')[0]) / 1e6:.1f}M parameters, "
+    print(f"{args.size} {args.family}: {M.count_parameters(M.load_model(ckpt, device='cpu')[0]) / 1e6:.1f}M parameters, "
           f"{args.prompts} prompts x G={args.group_size} x {args.max_new_tokens} new tokens, {where}")
     print(f"train_grpo.py step: median {statistics.median(t_ours):.3f} s (sampling {median['t_sample']:.3f}, judge "
           f"{median['t_judge']:.3f}, loss {median['t_loss']:.3f})   TRL GRPOTrainer step: median "
           f"{statistics.median(t_trl):.3f} s   ratio {ratio:.2f}")
-    print(f"size={args.size} ours_s={statistics.median(t_ours):.4f} sample_s={median['t_sample']:.4f} "
+    print(f"size={args.size} family={args.family} ours_s={statistics.median(t_ours):.4f} sample_s={median['t_sample']:.4f} "
           f"judge_s={median['t_judge']:.4f} loss_s={median['t_loss']:.4f} trl_s={statistics.median(t_trl):.4f} "
           f"ratio={ratio:.3f}")
 

@@ -24,16 +24,21 @@ import run  # noqa: E402
 import sampler  # noqa: E402
 import train_grpo  # noqa: E402
 from common import bandwidth  # noqa: E402
-from tiny import QWEN25_VL_3B as SHAPES  # noqa: E402
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration  # noqa: E402
+from tiny import QWEN25_VL_3B as SHAPES, chat_template, text_ids, token_ids, train_tokenizer  # noqa: E402
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor  # noqa: E402
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil  # noqa: E402
 
-HUB_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
-QWEN25_VL_3B = dict(SHAPES, text_config=dict(SHAPES["text_config"], bos_token_id=151643, eos_token_id=151645), **HUB_IDS)
+# A small Qwen tokenizer with the hub's chat template: the processor the sampler reads end tokens and banned tokens
+# from; the model keeps the real 151,936-row vocabulary (sampled ids the tokenizer lacks decode to nothing)
+TOKENIZER = train_tokenizer(["<think> </think> <answer> </answer> A B C D"], 300)
+PROCESSOR = M.image_only(Qwen2_5_VLProcessor)(Qwen2VLImageProcessorPil(), TOKENIZER,
+                                              chat_template=chat_template("qwen2.5-vl"))
+QWEN25_VL_3B = dict(SHAPES, text_config=dict(SHAPES["text_config"], **text_ids(TOKENIZER)), **token_ids(TOKENIZER))
 TINY = dict(QWEN25_VL_3B, text_config=dict(QWEN25_VL_3B["text_config"], hidden_size=64, intermediate_size=128,
                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                             rope_parameters={"rope_type": "default", "rope_theta": 1e6,
                                                              "mrope_section": [2, 3, 3]}),
-            vision_config=dict(QWEN25_VL_3B["vision_config"], depth=2, hidden_size=64, intermediate_size=128,
+            vision_config=dict(SHAPES["vision_config"], depth=2, hidden_size=64, intermediate_size=128,
                                num_heads=2, out_hidden_size=64, fullatt_block_indexes=[1]))
 
 
@@ -42,10 +47,11 @@ def prompts(n, image_px, prompt_text, device):
     would give them: [text | <|vision_start|> image pads <|vision_end|> | text]."""
     grid = image_px // 14
     n_image = grid * grid // 4
-    body = [151652] + [151655] * n_image + [151653]
+    ids = token_ids(TOKENIZER)
+    body = [ids["vision_start_token_id"]] + [ids["image_token_id"]] * n_image + [ids["vision_end_token_id"]]
     text = torch.randint(0, 150000, (n, prompt_text)).tolist()
     ids = torch.tensor([t[:prompt_text // 2] + body + t[prompt_text // 2:] for t in text], device=device)
-    mm = (ids == 151655).long()
+    mm = (ids == token_ids(TOKENIZER)["image_token_id"]).long()
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": mm,
             "pixel_values": torch.randn(n * grid * grid, 3 * 2 * 14 * 14, device=device),
             "image_grid_thw": torch.tensor([[1, grid, grid]] * n, device=device)}
@@ -112,20 +118,6 @@ def main():
           f"{figures['sft_step_s']:.2f} s, peak {figures['sft_peak_gb']:.1f} GiB")
 
     # ---- GRPO: sample G per prompt, judge self, reference, loss, step (LoRA: reference = adapter off) ----
-    class Tok:  # the ids generation needs, without a tokenizer download
-        pad_token_id = 151643
-
-        def convert_tokens_to_ids(self, tokens):
-            table = {"<|im_end|>": 151645, "<|endoftext|>": 151643, "<|vision_start|>": 151652,
-                     "<|vision_end|>": 151653, "<|vision_pad|>": 151654, "<|image_pad|>": 151655,
-                     "<|video_pad|>": 151656}
-            return [table[t] for t in tokens] if isinstance(tokens, list) else table[tokens]
-
-        def decode(self, ids, **kw):
-            return ""
-
-    class Proc:
-        tokenizer = Tok()
     grpo_args = train_grpo.parse_args(["--data", "-", "--micro-batch", str(args.micro_batch), "--precision", regime,
                                        "--gradient-checkpointing"])
     bytes_per_second = bandwidth() if device == "cuda" else None
@@ -156,7 +148,7 @@ def main():
                     step_prompt = {**prompt, "image_features": M.image_features(policy, prompt)}
                     sync()
                     start = time.perf_counter()
-                    rollout = sampler.sample(policy, Proc(), step_prompt, group_size=args.group_size, seed=0,
+                    rollout = sampler.sample(policy, PROCESSOR, step_prompt, group_size=args.group_size, seed=0,
                                              max_new_tokens=args.max_new_tokens, min_new_tokens=args.max_new_tokens)
                     sync()
                     seconds["sample"] = time.perf_counter() - start

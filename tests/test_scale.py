@@ -454,10 +454,11 @@ def test_decode_graphs_share_one_pool_and_free_each_bucket_as_decoding_moves_on(
     assert failed(128) is None  # a model that cannot be captured: the caller decodes eagerly
 
 
-def test_sampling_through_decode_graphs_decodes_what_the_eager_loop_does(tiny, records, monkeypatch):
+def test_sampling_through_decode_graphs_decodes_what_the_eager_loop_does(vlm, records, monkeypatch):
     """sample() with its CUDA-graph path on, each graph faked by a replay that reruns the step into the captured
-    output: the same tokens and log-probs as the eager loop, one capture a bucket of live length."""
-    policy, processor = tiny
+    output: the same tokens and log-probs as the eager loop, one capture a bucket of live length (each family: the
+    step reads its positions and mask from buffers the loop writes in place)."""
+    policy, processor = vlm
     prompt = data.prompt_batch(processor, records[:2])
 
     class Replay:
