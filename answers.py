@@ -29,7 +29,7 @@ def answer(policy, processor, records: list[dict], *, judge=None, seed: int | No
     (model.FAMILIES: Qwen2.5-VL, Qwen3-VL) decodes through the fast sampler, any other vision-language model through
     `generate` (sampler.decode). `seed` seeds the
     sampling (None: the random state as it is, as a greedy evaluation inside a training loop wants it)."""
-    rows, special = [], M.special_tokens(processor.tokenizer)
+    rows, special = [], sampler.special_tokens(processor.tokenizer)
     if seed is not None:
         torch.manual_seed(seed)
     for i in range(0, len(records), batch_size):

@@ -154,7 +154,7 @@ def main(argv=None):
         judge = rewards.Judge(precision.fp32_logits(judge_model), judge_tokenizer)
     torch.manual_seed(args.seed)
     rows = ask(policy, processor, records, args, judge)
-    print("== prompt (as the model sees it, the image where <|image_pad|> is)")
+    print("== prompt (the model's chat template; the processor expands the image's placeholder into its tokens)")
     print(processor.apply_chat_template(data.messages(records[0]), add_generation_prompt=True, tokenize=False))
     for r in records:
         mine = [row for row in rows if row["record"] is r]

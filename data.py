@@ -221,10 +221,11 @@ def target(record: dict) -> str:
 
 
 def prompt_batch(processor, records: list[dict]) -> dict:
-    """Processor inputs for a batch of questions, left-padded so generation continues every row at the end."""
+    """Processor inputs for a batch of questions, left-padded so generation continues every row at the end. The chat
+    template writes every special token itself (Gemma's renders its <bos>): the tokenizer adds none, or a BOS twice."""
     texts = [processor.apply_chat_template(messages(r), add_generation_prompt=True, tokenize=False) for r in records]
     images = [[load_image(r)] for r in records]  # one image a prompt, as every processor takes them
-    return dict(processor(text=texts, images=images, padding=True, return_tensors="pt"))
+    return dict(processor(text=texts, images=images, padding=True, return_tensors="pt", add_special_tokens=False))
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, groups: list | None = None) -> list[list[int]]:
@@ -249,7 +250,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, groups: list |
 
 def target_batch(tokenizer, records: list[dict], end_of_turn: str):
     """Target token ids right-padded [B, T] and their mask: the target and the model's end-of-turn token (<|im_end|>
-    for Qwen, <end_of_turn> for Gemma: model.end_of_turn reads it off the chat template), nothing else.
+    for Qwen, <end_of_turn> for Gemma: sampler.end_of_turn reads it off the chat template), nothing else.
 
     The target is tokenized on its own, as generation produces it after the prompt.
     """

@@ -10,6 +10,7 @@ and logs (`run.py`), the tiny offline models (`tiny.py`).
 import glob
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -41,7 +42,8 @@ class Family:
     vision_lora: str  # the projections of a tower block that --train-vision wraps in LoRA
     encoder_output: Callable  # per-image features -> mm_encoder_outputs["image"], as the model's forward takes it
     positions: Callable  # (model, inputs) -> position ids of every token, each row's next position
-    mask: Callable  # (model, allowed [B, 1, queries, keys] bool) -> the attention mask a forward takes
+    mask: Callable  # (model, allowed [B, 1, Q, K] bool, the queries' cache slots [Q], the prompt while prefilled)
+    #                 -> the attention_mask the sampler's forward takes
 
 
 def _pooled(features):
@@ -56,6 +58,10 @@ def _deepstack(features):
     return BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=list(deep))
 
 
+def _stacked(features):
+    return BaseModelOutputWithPooling(pooler_output=torch.stack([f[0] for f in features]))
+
+
 def _mrope_positions(model, inputs):
     """M-RoPE (Qwen): [3, B, T] positions, image tokens on their (time, height, width) grid, padding not counted; and
     each row's next position (text positions resume after the image's largest)."""
@@ -65,11 +71,32 @@ def _mrope_positions(model, inputs):
     return positions, inputs["attention_mask"].sum(1) + deltas.view(-1)
 
 
-def _tensor_mask(model, allowed):
+def _padded_positions(model, inputs):
+    """1-D positions as transformers' generate gives them to a left-padded row (its first real token at 0, padding at
+    0), and each row's next position."""
+    mask = inputs["attention_mask"]
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0), mask.sum(1)
+
+
+def _tensor_mask(model, allowed, queries=None, prompt=None):
     """A 4D mask, which the attention takes as it is: booleans for SDPA, additive floats for eager attention."""
     if model.config._attn_implementation == "eager":
         return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, torch.finfo(torch.float32).min)
     return allowed
+
+
+def _windowed_mask(model, allowed, queries, prompt=None):
+    """Gemma 3's masks, one a kind of layer, as its own forward builds them: an image's soft tokens attend to each other
+    both ways (token_type_ids 1, while the prompt is prefilled), and a sliding-window layer sees the keys of the last
+    `sliding_window` cache slots only (padding counts: a left-padded row sees fewer real tokens than alone)."""
+    if prompt is not None:
+        image = prompt["token_type_ids"] == 1
+        start = image & ~torch.nn.functional.pad(image, (1, 0))[:, :-1]
+        group = torch.where(image, start.cumsum(1), -1)  # each image's block
+        allowed = allowed | ((group[:, :, None] == group[:, None, :]) & image[:, :, None])[:, None]
+    keys = torch.arange(allowed.shape[-1], device=allowed.device)
+    window = keys > queries[:, None] - model.config.get_text_config().sliding_window  # [Q, K]
+    return {"full_attention": _tensor_mask(model, allowed), "sliding_attention": _tensor_mask(model, allowed & window)}
 
 
 QWEN_VISION = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -83,6 +110,13 @@ FAMILIES = {  # by config.model_type
                        banned=QWEN_VISION, vision=("visual",), vision_blocks="visual.blocks",
                        vision_lora="qkv|proj|linear_fc1|linear_fc2", encoder_output=_deepstack,
                        positions=_mrope_positions, mask=_tensor_mask),
+    # Gemma 3 (MedGemma): a SigLIP tower pooled into a fixed number of soft tokens an image, attended both ways;
+    # sliding-window and global layers; 1-D positions
+    "gemma3": Family(name="gemma3", processor="Gemma3Processor", image_processor="Gemma3ImageProcessorPil",
+                     banned=("<image_soft_token>", "<start_of_image>", "<end_of_image>"),
+                     vision=("vision_tower", "multi_modal_projector"), vision_blocks="vision_tower.encoder.layers",
+                     vision_lora="q_proj|k_proj|v_proj|out_proj|fc1|fc2", encoder_output=_stacked,
+                     positions=_padded_positions, mask=_windowed_mask),
 }
 
 
@@ -176,8 +210,11 @@ def load_processor(path: str, trust_remote_code: bool = False, max_pixels: int |
         own = FAMILIES[kind]
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left", trust_remote_code=trust_remote_code)
         image_processor = getattr(transformers, own.image_processor).from_pretrained(path)
+        saved = os.path.join(path, "processor_config.json")  # the processor's own settings (Gemma's image_seq_length)
+        settings = json.load(open(saved)) if os.path.isfile(saved) else {}
         processor = image_only(getattr(transformers, own.processor))(
-            image_processor, tokenizer, chat_template=_chat_template(path, tokenizer))
+            image_processor, tokenizer, chat_template=_chat_template(path, tokenizer),
+            **{k: v for k, v in settings.items() if k != "processor_class"})
     processor.tokenizer.padding_side = "left"  # batched generation needs left padding
     limit_pixels(processor, max_pixels)
     return processor
@@ -360,19 +397,53 @@ def completion_inputs(prompt: dict, completion_ids: torch.Tensor, completion_mas
     inputs = dict(prompt)
     inputs["input_ids"] = torch.cat([prompt["input_ids"], completion_ids], 1)
     inputs["attention_mask"] = torch.cat([prompt["attention_mask"], completion_mask.to(prompt["attention_mask"])], 1)
-    if "mm_token_type_ids" in prompt:  # zeros on completion tokens, or the M-RoPE positions shift from generate's
-        inputs["mm_token_type_ids"] = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(completion_ids)], 1)
+    for key in ("mm_token_type_ids", "token_type_ids"):  # zeros on completion tokens: text, not image (Qwen's M-RoPE
+        if key in prompt:  # positions and Gemma's bidirectional image block read them)
+            inputs[key] = torch.cat([prompt[key], torch.zeros_like(completion_ids)], 1)
     return inputs
 
 
+LOGITS_CHUNK = 2**26  # fp32 logits made at once when log-probs are taken: 256 MB (8 rows x 32 positions of 262,208)
+
+
+def _target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+@contextmanager
+def head_logprobs(model, targets: torch.Tensor):
+    """Inside the block the LM head returns log π(target) [B, T] instead of logits [B, T, V], made a chunk of positions
+    at a time (LOGITS_CHUNK) and, under autograd, made again in backward: never [B, T, V] fp32 logits at once (4.3 GB
+    at 8 x 512 tokens of Gemma 3's 262k vocabulary). Inside the model's forward, where FSDP2 has gathered the head."""
+    head = model.get_output_embeddings()
+    plain = head.forward  # the fp32 head of precision.fp32_logits, or the model's own
+    step = max(1, LOGITS_CHUNK // (targets.shape[0] * head.weight.shape[0]))
+
+    def chunk(hidden, ids):
+        return _target_logprobs(plain(hidden), ids)
+
+    def logprobs(hidden):
+        parts = zip(hidden.split(step, 1), targets.split(step, 1))
+        if not torch.is_grad_enabled():
+            return torch.cat([chunk(h, ids) for h, ids in parts], 1)
+        return torch.cat([torch.utils.checkpoint.checkpoint(chunk, h, ids, use_reentrant=False) for h, ids in parts], 1)
+    head.forward = logprobs
+    try:
+        yield
+    finally:
+        head.forward = plain
+
+
 def completion_logprobs(model, prompt: dict, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
-    """log π(y_t | I, Q, y_<t) for every completion token: [B, T]. Logits only at the completion positions."""
+    """log π(y_t | I, Q, y_<t) for every completion token: [B, T]. The LM head only at the completion positions, a chunk
+    of them at a time (head_logprobs)."""
     inputs = completion_inputs(prompt, completion_ids, completion_mask)
     P, T = prompt["input_ids"].shape[1], completion_ids.shape[1]
-    # Position P-1+t predicts token t; the LM head runs on those T positions only ([B, T, V], not [B, P+T, V]).
-    keep = torch.arange(P - 1, P + T - 1, device=completion_ids.device)
-    logits = model(**model_inputs(model, inputs), logits_to_keep=keep, use_cache=False).logits.float()
-    return torch.gather(logits, 2, completion_ids.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
+    keep = torch.arange(P - 1, P + T - 1, device=completion_ids.device)  # position P-1+t predicts token t
+    positions, _ = family(model).positions(model, inputs)  # as generate's, padding aside (Gemma's are not its default)
+    with head_logprobs(model, completion_ids):
+        return model(**model_inputs(model, inputs), position_ids=positions, logits_to_keep=keep, use_cache=False).logits
 
 
 def group_logprobs(model, prompt: dict, completion_ids: torch.Tensor, completion_mask: torch.Tensor,
@@ -393,58 +464,11 @@ def group_logprobs(model, prompt: dict, completion_ids: torch.Tensor, completion
     prefill = model(**model_inputs(model, prompt), position_ids=positions[..., ::G, :P], use_cache=True, logits_to_keep=1)
     cache = prefill.cache
     cache.batch_repeat_interleave(G)  # one prompt's keys and values for each of its G completions
-    first = prefill.logits.repeat_interleave(G, 0)  # predicts completion token 0
-    rest = model(input_ids=completion_ids[:, :-1], attention_mask=full["attention_mask"][:, :-1],
-                 position_ids=positions[..., P:-1], cache=cache, use_cache=True).logits
-    logits = torch.cat([first, rest], 1).float()
-    return torch.gather(logits, 2, completion_ids.unsqueeze(2)).squeeze(2) - logits.logsumexp(2)
-
-
-# ---- the end of a turn, special tokens, texts ----
-
-def end_of_turn(processor) -> str:
-    """The token that closes an assistant turn in the model's own chat template (<|im_end|> for Qwen, <end_of_turn>
-    for Gemma): what SFT targets end with, sampling stops at and R_fmt requires."""
-    tokenizer = getattr(processor, "tokenizer", processor)
-    mark = "MEDADR1MARK"
-    chat = [{"role": "user", "content": [{"type": "text", "text": "Q"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": mark}]}]
-    after = processor.apply_chat_template(chat, tokenize=False).split(mark)[-1]
-    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
-    if not ids or ids[0] not in tokenizer.all_special_ids + [t for t, a in tokenizer.added_tokens_decoder.items()
-                                                             if a.special]:
-        raise ValueError(f"the chat template closes an assistant turn with {after!r}, not a special token")
-    return tokenizer.convert_ids_to_tokens(ids[0])
-
-
-def end_token_ids(processor, model=None) -> list[int]:
-    """The tokens that end a completion: the template's end of turn, the checkpoint's end-of-sequence ids (its
-    generation_config.json) and the tokenizer's."""
-    tokenizer = getattr(processor, "tokenizer", processor)
-    eos = model.generation_config.eos_token_id if model is not None else None
-    ids = [tokenizer.convert_tokens_to_ids(end_of_turn(processor)), *([eos] if isinstance(eos, int) else eos or [])]
-    return list(dict.fromkeys(ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])))
-
-
-def end_of_turn_mask(ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
-    """1 up to and including the first end-of-turn token of each row, 0 after it: [B, T] long."""
-    is_end = torch.isin(ids, torch.tensor(end_ids, device=ids.device))
-    ended_before = (is_end.cumsum(1) - is_end.long()) > 0
-    return (~ended_before).long()
-
-
-def special_tokens(tokenizer) -> list[str]:
-    """The tokenizer's special tokens: what a completion may not write into its text (Eq. 4), for any model's
-    tokenizer (Qwen's all read <|...|>, Gemma's <start_of_turn>, ...)."""
-    added = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
-    return sorted(added | set(tokenizer.all_special_tokens))
-
-
-def completion_texts(tokenizer, ids: torch.Tensor, mask: torch.Tensor, ended: torch.Tensor) -> list[str]:
-    """The text of each completion: its tokens up to the first end-of-turn token, that token and the padding left out,
-    every other special token kept (a completion that writes <|im_start|> or is cut off is not well formed, Eq. 4)."""
-    lengths = (mask.sum(1) - ended.long()).tolist()
-    return [tokenizer.decode(row[:n], skip_special_tokens=False) for row, n in zip(ids.tolist(), lengths)]
+    first = _target_logprobs(prefill.logits.repeat_interleave(G, 0), completion_ids[:, :1])  # completion token 0
+    with head_logprobs(model, completion_ids[:, 1:]):
+        rest = model(input_ids=completion_ids[:, :-1], attention_mask=full["attention_mask"][:, :-1],
+                     position_ids=positions[..., P:-1], cache=cache, use_cache=True).logits
+    return torch.cat([first, rest], 1)
 
 
 def count_parameters(model) -> int:

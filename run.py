@@ -35,7 +35,8 @@ def save_processor(processor, out: str):
     finally:
         tokenizer.chat_template = own  # the tokenizer in use keeps its own (the judge builds prompts with it)
     processor.image_processor.save_pretrained(out)
-    json.dump({"processor_class": type(processor).__name__}, open(os.path.join(out, "processor_config.json"), "w"))
+    own = {k: v for k, v in processor.to_dict().items() if not isinstance(v, dict)}  # its class, Gemma's image_seq_length
+    json.dump(own, open(os.path.join(out, "processor_config.json"), "w"), indent=2)
 
 
 def full_state(model, trained_only: bool = False) -> dict:

@@ -1,7 +1,8 @@
 """Decoding π_θ: each prompt prefilled once for its G samples, a static KV cache, a CUDA graph, π_θ's log-probs.
 
-Imports model.py (a family's positions, masks and banned tokens; the end-of-turn tokens) and precision.py (the LM
-head's one bf16 copy).
+Imports model.py (a family's positions, masks and banned tokens) and precision.py (the LM head's one bf16 copy). Where a
+completion ends is here too: the end-of-turn token read off the model's chat template (what SFT targets end with and
+R_fmt requires), the completion's mask and text.
 
     out = sample(policy, processor, prompt, group_size=8, max_new_tokens=512)   # ids, mask, log-probs, texts
     out = decode(model, processor, prompt, greedy=True)   # sample() for a family of model.FAMILIES, else generate()
@@ -88,13 +89,13 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
     forward's image-token count); no end of turn before min_new_tokens. Returns completion ids [N*G, T] (pad after the
     end), their mask (up to the first end-of-turn token, included), their log-probs under π_θ at temperature 1 [N*G, T] (as
     completion_logprobs gives them), `ended` [N*G] (stopped with an end-of-turn token within max_new_tokens), texts
-    (model.completion_texts: without the final end-of-turn token, every other special token kept, so that R_fmt sees
+    (completion_texts: without the final end-of-turn token, every other special token kept, so that R_fmt sees
     them), and the CUDA graphs captured with the seconds they took (`graph_captures`, `capture_s`).
     """
     if seed is not None:
         torch.manual_seed(seed)
     tok, own = processor.tokenizer, M.family(model)
-    end_ids = torch.tensor(M.end_token_ids(processor, model), device=prompt["input_ids"].device)
+    end_ids = torch.tensor(end_token_ids(processor, model), device=prompt["input_ids"].device)
     (N, P), G, T = prompt["input_ids"].shape, group_size, max_new_tokens
     B, L, device = N * G, P + T, prompt["input_ids"].device
 
@@ -106,8 +107,9 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
         allowed = (causal & valid[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)  # a pad attends to itself
         prefill = KVCache(P, device=device)
         inputs = M.model_inputs(model, {k: v for k, v in prompt.items() if k != "attention_mask"})
-        logits = model(**inputs, position_ids=positions, attention_mask=own.mask(model, allowed[:, None]), cache=prefill,
-                       use_cache=True, logits_to_keep=1).logits[:, -1].float().repeat_interleave(G, 0)
+        mask = own.mask(model, allowed[:, None], torch.arange(P, device=device), prompt)
+        logits = model(**inputs, position_ids=positions, attention_mask=mask, cache=prefill, use_cache=True,
+                       logits_to_keep=1).logits[:, -1].float().repeat_interleave(G, 0)
         cache = prefill.repeat(G, L)
         seen = torch.zeros(B, L, dtype=torch.bool, device=device)  # keys each row may attend to
         seen[:, :P] = valid.repeat_interleave(G, 0)
@@ -117,9 +119,10 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
         token_in = torch.zeros(B, 1, dtype=torch.long, device=device)
         position_in = positions[..., :1].repeat_interleave(G, -2)  # [B, 1], or [3, B, 1] for M-RoPE
 
-        def step():  # attends over the live prefix (cache.live): one CUDA graph a bucket
+        def step():  # attends over the live prefix (cache.live): one CUDA graph a bucket; the query is at slot cache.pos
+            mask = own.mask(model, seen[:, None, None, :cache.live], cache.pos.view(1))
             return model(input_ids=token_in, position_ids=position_in, cache=cache, use_cache=True, logits_to_keep=1,
-                         attention_mask=own.mask(model, seen[:, None, None, :cache.live])).logits[:, -1].float()
+                         attention_mask=mask).logits[:, -1].float()
 
         if cuda_graph is None:  # where it can: on a GPU, a model not sharded (FSDP's hooks run Python at every forward)
             cuda_graph = device.type == "cuda" and not isinstance(model, FSDPModule)
@@ -147,10 +150,10 @@ def sample(model, processor, prompt: dict, *, group_size: int = 1, max_new_token
             logits = graphs(cache.live) if graphs is not None else None
             if logits is None:  # no graph: this device, FSDP, or a model that cannot be captured
                 graphs, logits = None, step()
-        mask = M.end_of_turn_mask(ids[:, :t + 1], end_ids.tolist())
+        mask = end_of_turn_mask(ids[:, :t + 1], end_ids.tolist())
         ids, logps = ids[:, :t + 1].masked_fill(mask == 0, tok.pad_token_id), logps[:, :t + 1] * mask
         return {"completion_ids": ids, "completion_mask": mask, "logprobs": logps, "ended": ended,
-                "texts": M.completion_texts(tok, ids, mask, ended), "graph_captures": graphs.captures if graphs else 0,
+                "texts": completion_texts(tok, ids, mask, ended), "graph_captures": graphs.captures if graphs else 0,
                 "capture_s": graphs.capture_s if graphs else 0.0}
 
 
@@ -200,6 +203,53 @@ def _capture(step, pool):
         return None, None
 
 
+# ---- where a completion ends, and its text ----
+
+def end_of_turn(processor) -> str:
+    """The token that closes an assistant turn in the model's own chat template (<|im_end|> for Qwen, <end_of_turn>
+    for Gemma): what SFT targets end with, sampling stops at and R_fmt requires."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    mark = "MEDADR1MARK"
+    chat = [{"role": "user", "content": [{"type": "text", "text": "Q"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": mark}]}]
+    after = processor.apply_chat_template(chat, tokenize=False).split(mark)[-1]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    if not ids or ids[0] not in tokenizer.all_special_ids + [t for t, a in tokenizer.added_tokens_decoder.items()
+                                                             if a.special]:
+        raise ValueError(f"the chat template closes an assistant turn with {after!r}, not a special token")
+    return tokenizer.convert_ids_to_tokens(ids[0])
+
+
+def end_token_ids(processor, model=None) -> list[int]:
+    """The tokens that end a completion: the template's end of turn, the checkpoint's end-of-sequence ids (its
+    generation_config.json) and the tokenizer's."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    eos = model.generation_config.eos_token_id if model is not None else None
+    ids = [tokenizer.convert_tokens_to_ids(end_of_turn(processor)), *([eos] if isinstance(eos, int) else eos or [])]
+    return list(dict.fromkeys(ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])))
+
+
+def end_of_turn_mask(ids: torch.Tensor, end_ids: list[int]) -> torch.Tensor:
+    """1 up to and including the first end-of-turn token of each row, 0 after it: [B, T] long."""
+    is_end = torch.isin(ids, torch.tensor(end_ids, device=ids.device))
+    ended_before = (is_end.cumsum(1) - is_end.long()) > 0
+    return (~ended_before).long()
+
+
+def special_tokens(tokenizer) -> list[str]:
+    """The tokenizer's special tokens: what a completion may not write into its text (Eq. 4), for any model's
+    tokenizer (Qwen's all read <|...|>, Gemma's <start_of_turn>, ...)."""
+    added = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    return sorted(added | set(tokenizer.all_special_tokens))
+
+
+def completion_texts(tokenizer, ids: torch.Tensor, mask: torch.Tensor, ended: torch.Tensor) -> list[str]:
+    """The text of each completion: its tokens up to the first end-of-turn token, that token and the padding left out,
+    every other special token kept (a completion that writes <|im_start|> or is cut off is not well formed, Eq. 4)."""
+    lengths = (mask.sum(1) - ended.long()).tolist()
+    return [tokenizer.decode(row[:n], skip_special_tokens=False) for row, n in zip(ids.tolist(), lengths)]
+
+
 # ---- the plain path: any vision-language model transformers can run ----
 
 @torch.no_grad()
@@ -213,7 +263,7 @@ def generate(model, processor, prompt: dict, *, group_size: int = 1, max_new_tok
     if seed is not None:
         torch.manual_seed(seed)
     tok = processor.tokenizer
-    ends = M.end_token_ids(processor, model)
+    ends = end_token_ids(processor, model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else ends[0]
     banned = [[t] for t in sorted(set(tok.all_special_ids) - set(ends) - {pad})]
     config = GenerationConfig(do_sample=not greedy, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
@@ -224,10 +274,10 @@ def generate(model, processor, prompt: dict, *, group_size: int = 1, max_new_tok
         out = model.generate(**prompt, generation_config=config)[:, prompt["input_ids"].shape[1]:]
     finally:
         model.generation_config = own
-    mask = M.end_of_turn_mask(out, ends)
+    mask = end_of_turn_mask(out, ends)
     ended = torch.isin(out, torch.tensor(ends, device=out.device)).any(1)
     ids = out.masked_fill(mask == 0, pad)
-    return {"completion_ids": ids, "completion_mask": mask, "ended": ended, "texts": M.completion_texts(tok, ids, mask, ended)}
+    return {"completion_ids": ids, "completion_mask": mask, "ended": ended, "texts": completion_texts(tok, ids, mask, ended)}
 
 
 def decode(model, processor, prompt: dict, **kwargs) -> dict:

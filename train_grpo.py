@@ -309,7 +309,7 @@ def main(argv=None):
     scheduler = run.lr_schedule(optimizer, total_steps * args.iterations, args.warmup_ratio, decay="constant")
     step = run.start_step(args.out, args.resume, policy, optimizer, scheduler)
     weights = dict(lambda_fmt=args.lambda_fmt, lambda_acc=args.lambda_acc, lambda_con=args.lambda_con)
-    special = M.special_tokens(processor.tokenizer)  # a completion that writes one is not well formed (Eq. 4)
+    special = sampler.special_tokens(processor.tokenizer)  # a completion that writes one is not well formed (Eq. 4)
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         json.dump(vars(args), open(os.path.join(args.out, "args.json"), "w"), indent=2)

@@ -45,6 +45,7 @@ import model as M
 import precision
 import rewards
 import run
+import sampler
 
 
 def parse_args(argv=None):
@@ -128,7 +129,7 @@ def evaluate_sft(policy, processor, records, micro_batch: int, max_new_tokens: i
     them (answers.py)."""
     policy.eval()
     nll = tokens = 0
-    end = M.end_of_turn(processor)
+    end = sampler.end_of_turn(processor)
     for i in range(0, len(records), micro_batch):
         chunk = records[i:i + micro_batch]
         prompt = {k: v.to(policy.device) for k, v in data.prompt_batch(processor, chunk).items()}
@@ -211,7 +212,7 @@ def main(argv=None):
 
     # ---- the loop: a global batch per step, accumulated over micro-batches ----
     groups = [r["image_path"] for r in records] if args.group_by_image and not args.judge else None
-    end = M.end_of_turn(processor)  # the model's own end of turn closes every target: the model learns to stop
+    end = sampler.end_of_turn(processor)  # the model's own end of turn closes every target: the model learns to stop
     bar = tqdm(total=total_steps, initial=step, desc=stage, disable=rank != 0, dynamic_ncols=True)
     while step < total_steps:
         batch = data.epoch_batches(len(records), args.batch_size, args.seed, step // steps_per_epoch,

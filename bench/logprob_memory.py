@@ -1,7 +1,9 @@
-"""Peak memory and time of completion log-probs: ours (logits on the completion positions only) against the naive
-full-sequence log-softmax + gather, at growing prompt length and Qwen's real vocabulary (151,936).
+"""Peak memory and time of completion log-probs: ours (model.completion_logprobs: the LM head on the completion
+positions only, a chunk of LOGITS_CHUNK logits at a time, made again in backward) against the completion's logits made
+at once, and the naive full-sequence log-softmax + gather, at growing prompt length and a real vocabulary (Qwen's
+151,936; Gemma 3's 262,208 with --vocab 262208), with the backward pass (--grad) as training runs it or without.
 
-    python bench/logprob_memory.py [--prompt-lengths 256 1024 4096] [--completion 256] [--batch 4]
+    python bench/logprob_memory.py [--prompt-lengths 256 1024 4096] [--completion 256] [--batch 4] [--vocab N] [--grad]
 
 Each measurement runs in a fresh process so that its peak resident memory is its own (on a GPU, the peak of
 torch.cuda.max_memory_allocated). Memory is reported above the process's level after loading the model.
@@ -18,7 +20,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def one(variant, prompt_len, completion, batch, vocab):
+def one(variant, prompt_len, completion, batch, vocab, grad):
     """Run in a child process: a text-only forward of a tiny Qwen2.5-VL with the real vocabulary."""
     import resource
     sys.path.insert(0, os.path.dirname(HERE))
@@ -31,9 +33,10 @@ def one(variant, prompt_len, completion, batch, vocab):
                                                                 "mrope_section": [12, 10, 10]}),
                               vision_config=dict(depth=1, hidden_size=32, num_heads=2, out_hidden_size=256))
     torch.manual_seed(0)
-    net = Qwen2_5_VLForConditionalGeneration(config).to(device).eval()
+    net = Qwen2_5_VLForConditionalGeneration(config).to(device).eval().requires_grad_(grad)
     prompt = {"input_ids": torch.randint(0, 1000, (batch, prompt_len), device=device),
-              "attention_mask": torch.ones(batch, prompt_len, dtype=torch.long, device=device)}
+              "attention_mask": torch.ones(batch, prompt_len, dtype=torch.long, device=device),
+              "mm_token_type_ids": torch.zeros(batch, prompt_len, dtype=torch.long, device=device)}
     ids = torch.randint(0, 1000, (batch, completion), device=device)
     mask = torch.ones_like(ids)
 
@@ -46,13 +49,17 @@ def one(variant, prompt_len, completion, batch, vocab):
         net(input_ids=prompt["input_ids"][:, :8], attention_mask=prompt["attention_mask"][:, :8])
     base = rss()
     t = time.perf_counter()
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad):
         if variant == "ours":
-            M.completion_logprobs(net, prompt, ids, mask)
-        else:  # the naive way: logits and an fp32 log-softmax over every position, then gather
+            logps = M.completion_logprobs(net, prompt, ids, mask)
+        else:  # the completion's logits at once ("completion") or every position's ("naive"), an fp32 log-softmax, gather
             inputs = M.completion_inputs(prompt, ids, mask)
-            logps = net(**inputs).logits.float().log_softmax(-1)
-            logps[:, prompt_len - 1:-1].gather(2, ids.unsqueeze(2))
+            keep = torch.arange(prompt_len - 1, prompt_len + completion - 1, device=device) if variant == "completion" else 0
+            logps = net(**inputs, logits_to_keep=keep).logits.float().log_softmax(-1)
+            logps = logps[:, -completion:] if variant == "completion" else logps[:, prompt_len - 1:-1]
+            logps = logps.gather(2, ids.unsqueeze(2))
+        if grad:
+            logps.sum().backward()
     seconds = time.perf_counter() - t
     print(json.dumps({"peak_mb": (rss() - base) / 2**20, "seconds": seconds}))
 
@@ -62,25 +69,26 @@ def main():
     p.add_argument("--prompt-lengths", type=int, nargs="+", default=[256, 1024, 4096], help="prompt tokens")
     p.add_argument("--completion", type=int, default=256, help="completion tokens (default: %(default)s)")
     p.add_argument("--batch", type=int, default=4, help="sequences (default: %(default)s)")
-    p.add_argument("--vocab", type=int, default=151936, help="vocabulary (default: Qwen2.5-VL's %(default)s)")
+    p.add_argument("--vocab", type=int, default=151936, help="vocabulary (default: Qwen2.5-VL's %(default)s; Gemma 3's "
+                   "is 262208)")
+    p.add_argument("--grad", action="store_true", help="with the backward pass, as the loss runs (default: no_grad)")
     p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        return one(args.child[0], int(args.child[1]), args.completion, args.batch, args.vocab)
-    figures = []
-    print(f"batch {args.batch}, completion {args.completion} tokens, vocabulary {args.vocab:,}")
-    print(f"{'prompt':>7} | {'ours MB':>9} {'ours s':>8} | {'naive MB':>9} {'naive s':>8}")
+        return one(args.child[0], int(args.child[1]), args.completion, args.batch, args.vocab, args.grad)
+    figures, variants = [], ("ours", "completion", "naive")
+    print(f"batch {args.batch}, completion {args.completion} tokens, vocabulary {args.vocab:,}, "
+          f"{'forward and backward' if args.grad else 'no_grad'}: peak MB above the loaded model, seconds")
+    print(f"{'prompt':>7} | " + " | ".join(f"{v + ' MB':>13} {v + ' s':>12}" for v in variants))
     for length in args.prompt_lengths:
         row = {}
-        for variant in ("ours", "naive"):
+        for variant in variants:
             out = subprocess.run([sys.executable, __file__, "--child", variant, str(length), "--completion",
-                                  str(args.completion), "--batch", str(args.batch), "--vocab", str(args.vocab)],
-                                 capture_output=True, text=True, check=True)
+                                  str(args.completion), "--batch", str(args.batch), "--vocab", str(args.vocab),
+                                  *(["--grad"] if args.grad else [])], capture_output=True, text=True, check=True)
             row[variant] = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{length:>7} | {row['ours']['peak_mb']:>9.0f} {row['ours']['seconds']:>8.3f} | "
-              f"{row['naive']['peak_mb']:>9.0f} {row['naive']['seconds']:>8.3f}")
-        figures += [f"ours_mb_{length}={row['ours']['peak_mb']:.0f}", f"naive_mb_{length}={row['naive']['peak_mb']:.0f}",
-                    f"ours_s_{length}={row['ours']['seconds']:.3f}", f"naive_s_{length}={row['naive']['seconds']:.3f}"]
+        print(f"{length:>7} | " + " | ".join(f"{row[v]['peak_mb']:>13.0f} {row[v]['seconds']:>12.3f}" for v in variants))
+        figures += [f"{v}_mb_{length}={row[v]['peak_mb']:.0f} {v}_s_{length}={row[v]['seconds']:.3f}" for v in variants]
     print(" ".join(figures))
 
 

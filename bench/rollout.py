@@ -55,7 +55,7 @@ def main():
         with torch.no_grad():
             policy.generate(**prompt, num_return_sequences=G, max_new_tokens=T, min_new_tokens=T, do_sample=True,
                             top_k=0, temperature=1.0, top_p=1.0, pad_token_id=tok.pad_token_id,
-                            eos_token_id=M.end_token_ids(processor, policy),
+                            eos_token_id=sampler.end_token_ids(processor, policy),
                             suppress_tokens=tok.convert_tokens_to_ids(list(M.family(policy).banned)))
 
     captured = {}

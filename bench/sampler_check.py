@@ -22,7 +22,7 @@ def check(ckpt: str, records: list, args) -> str:
     greedy = sampler.sample(policy, processor, prompt, greedy=True, max_new_tokens=T, cuda_graph=graph)["completion_ids"]
     with torch.no_grad():  # greedy, whatever the checkpoint's generation_config.json says
         theirs = policy.generate(**prompt, do_sample=False, top_k=None, top_p=None, temperature=None, max_new_tokens=T,
-                                 eos_token_id=M.end_token_ids(processor, policy), pad_token_id=tok.pad_token_id,
+                                 eos_token_id=sampler.end_token_ids(processor, policy), pad_token_id=tok.pad_token_id,
                                  suppress_tokens=tok.convert_tokens_to_ids(list(M.family(policy).banned)))
     theirs = theirs[:, prompt["input_ids"].shape[1]:][:, :greedy.shape[1]]
     same_greedy = torch.equal(greedy, theirs)

@@ -38,11 +38,20 @@ def qwen3_dir(tmp_path_factory, synth_dir):
 
 
 @pytest.fixture(scope="session")
-def family_dirs(tiny_dir, qwen3_dir):
-    return {"qwen2.5-vl": tiny_dir, "qwen3-vl": qwen3_dir}
+def gemma3_dir(tmp_path_factory, synth_dir):
+    """The tiny random Gemma 3 (tiny.py --family gemma3: MedGemma's architecture), its tokenizer trained on the same
+    text."""
+    corpus = list(corpus_lines([os.path.join(synth_dir, "train.jsonl")]))
+    return built_once("gemma3", tmp_path_factory, lambda out: build_tiny(out, family="gemma3", seed=0, corpus=corpus,
+                                                                         vocab_size=512))
 
 
-@pytest.fixture(params=["qwen2.5-vl", "qwen3-vl"])
+@pytest.fixture(scope="session")
+def family_dirs(tiny_dir, qwen3_dir, gemma3_dir):
+    return {"qwen2.5-vl": tiny_dir, "qwen3-vl": qwen3_dir, "gemma3": gemma3_dir}
+
+
+@pytest.fixture(params=["qwen2.5-vl", "qwen3-vl", "gemma3"])
 def family_dir(request, family_dirs):
     """Each family's tiny model folder in turn: a test that takes it runs for every family of model.FAMILIES."""
     return family_dirs[request.param]

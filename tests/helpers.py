@@ -32,6 +32,25 @@ def grpo_args(ckpt, data_path, out, *extra):
             "--max-new-tokens", "96", "--micro-batch", "4", "--lr", "1e-3", *extra]
 
 
+def count_tower_images(net, seen: list):
+    """A hook on the model's vision tower that appends the number of images each call reads (Qwen's towers take a grid
+    row an image, SigLIP's a pixel row): remove() it when done."""
+    import model
+    def hook(module, args, kwargs):
+        seen.append(len(kwargs["grid_thw"]) if "grid_thw" in kwargs else len(kwargs.get("pixel_values", *args[:1])))
+    return model.vision_modules(net)[0].register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def assert_grads_close(grads: dict, expected: dict, rel: float = 1e-5):
+    """The same gradients summed in another order: each equal to rounding relative to itself, or, for one that is 0 but
+    for rounding (SigLIP's key bias under a softmax), relative to the whole gradient."""
+    import torch
+    assert grads.keys() == expected.keys()
+    whole = torch.stack([g.norm() for g in expected.values()]).norm()
+    for name, grad in expected.items():
+        assert (grads[name] - grad).norm() <= rel * grad.norm() + 1e-3 * rel * whole, name
+
+
 def metrics(out):
     return [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
 

@@ -1,12 +1,13 @@
-"""Any vision-language model as a baseline row of Table 1 and as cots.py's describer: tiny random Gemma 3 and LLaVA,
-each with its own processor, through the plain `generate` path with the same prompt, parsing and metrics."""
+"""Any vision-language model as a baseline row of Table 1 and as cots.py's describer: a tiny random LLaVA (a family
+that does not train here), with its own processor, through the plain `generate` path with the same prompt, parsing and
+metrics; beside rows of the families that train (Gemma 3, Qwen2.5-VL), which decode through the sampler."""
 import json
 import os
 import shutil
 
 import pytest
 import torch
-from tiny_vlms import build_gemma3, build_llava
+from tiny_vlms import build_llava
 
 import answers
 import cots
@@ -17,7 +18,7 @@ import rewards
 import sampler
 from tiny import corpus_lines
 
-BUILDERS = {"gemma3": build_gemma3, "llava": build_llava}
+BUILDERS = {"llava": build_llava}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_another_architecture_answers_the_same_prompt_through_generate(vlms, syn
     assert not fast and len(rows) == 3
     tok = processor.tokenizer
     for r in rows:  # parsed and scored by the same rules as any row
-        assert r["format_ok"] == (rewards.format_reward(r["completion"], r["ended"], model.special_tokens(tok)) == 1.0)
+        assert r["format_ok"] == (rewards.format_reward(r["completion"], r["ended"], sampler.special_tokens(tok)) == 1.0)
         assert r["letter"] == rewards.answer_letter(r["completion"], next(x for x in records if x["id"] == r["id"])["options"])
         assert 1 <= r["completion_tokens"] <= 10 and (r["ended"] or r["completion_tokens"] == 10)
 
@@ -67,13 +68,13 @@ def test_the_generate_path_decodes_the_model_not_its_checkpoints_chat_settings(v
     m, processor = model.load_model(vlms[arch], device="cpu")
     out = sampler.generate(m, processor, data.prompt_batch(processor, records), group_size=3, seed=4, max_new_tokens=16)
     assert out["completion_ids"].shape[0] == 6 and len(out["texts"]) == 6  # G completions a prompt, grouped
-    specials = set(processor.tokenizer.all_special_ids) - set(model.end_token_ids(processor, m))
+    specials = set(processor.tokenizer.all_special_ids) - set(sampler.end_token_ids(processor, m))
     assert not torch.isin(out["completion_ids"][out["completion_mask"].bool()], torch.tensor(sorted(specials))).any()
 
 
-def test_table1_rows_of_three_architectures_with_one_judge(vlms, tiny_dir, synth_dir, tmp_path):
+def test_table1_rows_of_three_architectures_with_one_judge(vlms, gemma3_dir, tiny_dir, synth_dir, tmp_path):
     out = tmp_path / "eval"
-    report = evaluate.main(["--ckpt", vlms["gemma3"], vlms["llava"], tiny_dir, "--names", "Gemma 3", "LLaVA", "Qwen2.5-VL",
+    report = evaluate.main(["--ckpt", gemma3_dir, vlms["llava"], tiny_dir, "--names", "Gemma 3", "LLaVA", "Qwen2.5-VL",
                             "--data", os.path.join(synth_dir, "test.jsonl"), "--out", str(out), "--seeds", "0", "1",
                             "--limit", "6", "--max-new-tokens", "12", "--judge", tiny_dir])
     assert [r["name"] for r in report["results"]] == ["Gemma 3", "LLaVA", "Qwen2.5-VL"]
@@ -99,7 +100,7 @@ def test_cots_describer_of_another_architecture(vlms, synth_dir, tmp_path):
     summary = None
     try:
         rewards.Judge.__call__ = lambda self, q, o, t: asked.extend(t) or real(self, q, o, t)
-        summary = cots.main(["--data", str(folder), "--cot-model", vlms["gemma3"], "--max-new-tokens", "8"])
+        summary = cots.main(["--data", str(folder), "--cot-model", vlms["llava"], "--max-new-tokens", "8"])
     finally:
         rewards.Judge.__call__ = real
     assert summary["questions_before_cot_check"] == 8 and len(asked) == 8  # every CoT written, then judged

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 import data
-import model
 import questions
+import sampler
 import synth
 
 GOOD = {"id": "x-1", "image": "img.png", "task": "anomaly", "question": "Is there an anomaly?",
@@ -251,7 +251,7 @@ def test_prompt_holds_image_question_and_lettered_options(tiny, records):
 
 def test_target_batch_labels_exactly_the_target_and_its_end_of_turn(tiny, records):
     _, processor = tiny
-    ids, mask = data.target_batch(processor.tokenizer, records[:4], model.end_of_turn(processor))
+    ids, mask = data.target_batch(processor.tokenizer, records[:4], sampler.end_of_turn(processor))
     for i, r in enumerate(records[:4]):
         labelled = processor.tokenizer.decode(ids[i][mask[i].bool()])
         assert labelled == f"<think>{r['cot']}</think><answer>{r['answer']}</answer><|im_end|>"

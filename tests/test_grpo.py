@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ENV, ROOT, built_once, grpo_args, metrics, torchrun
+from helpers import ENV, ROOT, built_once, count_tower_images, grpo_args, metrics, torchrun
 from safetensors.torch import load_file
 
 import data
@@ -159,7 +159,7 @@ def test_one_step_raises_positive_and_lowers_negative_advantage(sft_out, records
 def test_lora_reference_equals_the_policy_before_training(sft_out, records):
     sft, processor = model.load_model(sft_out, device="cpu")
     prompt = data.prompt_batch(processor, records[:2])
-    ids, mask = data.target_batch(processor.tokenizer, records[:2], model.end_of_turn(processor))
+    ids, mask = data.target_batch(processor.tokenizer, records[:2], sampler.end_of_turn(processor))
     with torch.no_grad():
         expected = model.completion_logprobs(sft, prompt, ids, mask)
     policy = model.add_lora(sft, r=4, alpha=8, dropout=0.0)
@@ -294,7 +294,7 @@ def test_policy_step_is_the_plain_step_of_eq_8(tiny_dir, records, flags):
     args = train_grpo.parse_args(["--data", "-", "--group-size", "4", "--lr", "0.5", "--precision", "fp32", *flags])
     _, processor = model.load_model(tiny_dir, device="cpu")
     prompt = data.prompt_batch(processor, records[:2])  # two images: each chunk takes its own patches
-    ids, mask = data.target_batch(processor.tokenizer, records[2:10], model.end_of_turn(processor))  # 8 completions of unequal lengths
+    ids, mask = data.target_batch(processor.tokenizer, records[2:10], sampler.end_of_turn(processor))  # 8 completions of unequal lengths
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.2, 0.3, -0.9, 0.4])
     policy, reference = away_from_sft(tiny_dir, args.lora)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -322,15 +322,14 @@ def test_policy_step_runs_each_prompt_once_a_micro_batch(tiny_dir, records, flag
     args = train_grpo.parse_args(["--data", "-", "--group-size", "4", "--lr", "0.1", "--precision", "fp32", *flags])
     _, processor = model.load_model(tiny_dir, device="cpu")
     prompt = data.prompt_batch(processor, records[:2])
-    ids, mask = data.target_batch(processor.tokenizer, records[2:10], model.end_of_turn(processor))
+    ids, mask = data.target_batch(processor.tokenizer, records[2:10], sampler.end_of_turn(processor))
     policy, reference = away_from_sft(tiny_dir, lora=False)
     if args.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
         policy.train()
     seen = []
     for m in (policy, reference):
-        model.inner(m).visual.register_forward_hook(lambda mod, a, kw, out: seen.append(len(kw["grid_thw"])),
-                                                    with_kwargs=True)
+        count_tower_images(m, seen)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=args.lr)
     train_grpo.policy_step(policy, reference, optimizer, run.lr_schedule(optimizer, 4, 0.0, "constant"), params, prompt,
@@ -345,7 +344,7 @@ def test_a_batch_of_one_token_logs_its_own_kl_and_clip(tiny_dir, records):
                                   "--precision", "fp32"])
     _, processor = model.load_model(tiny_dir, device="cpu")
     prompt = data.prompt_batch(processor, records[:1])
-    ids, mask = data.target_batch(processor.tokenizer, records[1:5], model.end_of_turn(processor))
+    ids, mask = data.target_batch(processor.tokenizer, records[1:5], sampler.end_of_turn(processor))
     mask = torch.zeros_like(mask)
     mask[2, 3] = 1
     policy, reference = away_from_sft(tiny_dir, lora=False)
@@ -367,7 +366,7 @@ def test_a_loss_that_is_not_finite_stops_the_step_before_the_update(tiny_dir, re
                                   "--out", str(tmp_path)])
     _, processor = model.load_model(tiny_dir, device="cpu")
     prompt = data.prompt_batch(processor, records[:1])
-    ids, mask = data.target_batch(processor.tokenizer, records[1:5], model.end_of_turn(processor))
+    ids, mask = data.target_batch(processor.tokenizer, records[1:5], sampler.end_of_turn(processor))
     policy, reference = away_from_sft(tiny_dir, lora=False)
     before = run.trainable_state(policy)
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -428,7 +427,7 @@ def test_truncated_completions_score_no_format_and_leave_the_loss_with_mask_trun
     train_grpo.main(grpo_args(sft5, five, tmp_path, "--max-new-tokens", "6", "--mask-truncated", "--stop-after", "1"))
     row = metrics(tmp_path)[0]
     loss_mask, ids = seen[0]
-    ended = torch.isin(ids, torch.tensor(model.end_token_ids(model.load_processor(sft5)))).any(1)
+    ended = torch.isin(ids, torch.tensor(sampler.end_token_ids(model.load_processor(sft5)))).any(1)
     assert row["truncated_rate"] == pytest.approx(1 - ended.float().mean().item()) and row["truncated_rate"] > 0
     assert (loss_mask[~ended] == 0).all() and (loss_mask[ended].sum(1) > 0).all()
     assert row["format_rate"] <= 1 - row["truncated_rate"]  # a cut-off completion is never well formed

@@ -4,6 +4,7 @@ import os
 
 import pytest
 import torch
+from helpers import assert_grads_close, count_tower_images
 
 import data
 import model
@@ -36,32 +37,43 @@ def test_left_padded_batch_equals_each_row_alone(vlm, records):
             torch.testing.assert_close(logits[i, -n:], m(**alone).logits[0], atol=1e-4, rtol=1e-4)
 
 
-def test_completion_logprobs_equal_full_log_softmax_and_keep_only_completion_logits(vlm, records):
+def test_completion_logprobs_equal_full_log_softmax_a_chunk_of_completion_positions_at_a_time(vlm, records,
+                                                                                             monkeypatch):
+    """The LM head runs on the completion's positions only, LOGITS_CHUNK logits at a time (never [B, T, V] at once:
+    Gemma's 262k vocabulary), and the log-probs and their gradient are those of the full log-softmax."""
     m, processor = vlm
     batch = data.prompt_batch(processor, records[:3])
-    ids, mask = data.target_batch(processor.tokenizer, records[:3], model.end_of_turn(processor))
-    shapes = []
-    hook = m.lm_head.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(out.shape)))
-    with torch.no_grad():
-        lp = model.completion_logprobs(m, batch, ids, mask)
-    hook.remove()
-    V = m.lm_head.out_features
-    assert shapes == [(3, ids.shape[1], V)]  # not [B, P+T, V]
-    with torch.no_grad():
-        full = m(**model.completion_inputs(batch, ids, mask)).logits.log_softmax(-1)
+    ids, mask = data.target_batch(processor.tokenizer, records[:3], sampler.end_of_turn(processor))
+    V, T = m.get_output_embeddings().weight.shape[0], ids.shape[1]
+    monkeypatch.setattr(model, "LOGITS_CHUNK", 3 * 4 * V)  # 4 positions of the 3 rows a chunk
+    shapes, head = [], m.get_output_embeddings()
+    plain = head.forward
+    monkeypatch.setattr(head, "forward", lambda hidden: shapes.append(tuple(hidden.shape[:2])) or plain(hidden))
+    m.requires_grad_(True)
+    lp = model.completion_logprobs(m, batch, ids, mask)
+    assert shapes[:-1] == [(3, 4)] * (len(shapes) - 1) and sum(n for _, n in shapes) == T  # not [B, P+T, V]
+    params = dict(m.named_parameters())
+    grads = dict(zip(params, torch.autograd.grad((lp * mask).sum(), list(params.values()), allow_unused=True)))
+    monkeypatch.setattr(head, "forward", plain)
+    inputs = model.completion_inputs(batch, ids, mask)
+    full = m(**inputs, position_ids=model.family(m).positions(m, inputs)[0]).logits.float().log_softmax(-1)
     P = batch["input_ids"].shape[1]
     naive = full[:, P - 1:-1].gather(2, ids.unsqueeze(2)).squeeze(2)
     torch.testing.assert_close(lp[mask.bool()], naive[mask.bool()], atol=1e-5, rtol=1e-5)
+    naive_grads = dict(zip(params, torch.autograd.grad((naive * mask).sum(), list(params.values()), allow_unused=True)))
+    assert_grads_close({n: g for n, g in grads.items() if g is not None},
+                       {n: g for n, g in naive_grads.items() if g is not None}, rel=1e-4)
 
 
 def test_end_of_turn_mask_stops_after_the_first_end_token():
     E = 9
     ids = torch.tensor([[1, 2, E, 3, E], [1, 2, 3, 4, 5], [E, 1, 1, 1, 1]])
-    assert model.end_of_turn_mask(ids, [E]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+    assert sampler.end_of_turn_mask(ids, [E]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
 
 
 VISION_PROJECTIONS = {"qwen2.5-vl": {"qkv", "proj", "gate_proj", "up_proj", "down_proj"},  # the towers' own names
-                      "qwen3-vl": {"qkv", "proj", "linear_fc1", "linear_fc2"}}
+                      "qwen3-vl": {"qkv", "proj", "linear_fc1", "linear_fc2"},
+                      "gemma3": {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}}  # SigLIP's
 
 
 def test_lora_targets_the_language_model_and_with_train_vision_the_towers_blocks(family_dir):
@@ -76,7 +88,7 @@ def test_lora_targets_the_language_model_and_with_train_vision_the_towers_blocks
     vision = [n.removesuffix(".lora_A") for n, _ in with_vision.named_modules()
               if n.endswith("lora_A") and "language_model" not in n]
     blocks = model.inner(with_vision).get_submodule(model.family(with_vision).vision_blocks)
-    assert all(".visual.blocks." in n for n in vision)  # not the merger (Qwen3-VL's is linear_fc1/2 too)
+    assert all(f".{model.family(m).vision_blocks}." in n for n in vision)  # not the merger (Qwen3-VL's is linear_fc1/2)
     assert {n.split(".")[-1] for n in vision} == VISION_PROJECTIONS[model.family(m).name]
     assert len(vision) == len(blocks) * len(VISION_PROJECTIONS[model.family(m).name])
 
@@ -86,13 +98,14 @@ def test_repeat_prompts_repeats_rows_and_image_patches(vlm, records):
     m, processor = vlm
     two = [records[0], next(r for r in records if r["image"] != records[0]["image"])]  # two images
     batch = data.prompt_batch(processor, two)
-    n0 = int(batch["image_grid_thw"][0].prod())
-    patches = [batch["pixel_values"][:n0], batch["pixel_values"][n0:]]
-    assert not torch.equal(patches[0], patches[1])
+    patches = model.per_image_pixels(batch)  # Qwen: patches by the image's grid; Gemma: a [3, H, W] row
+    assert len(patches) == 2 and not torch.equal(patches[0], patches[1])
     rep = model.repeat_prompts(batch, 3)
     assert torch.equal(rep["input_ids"], batch["input_ids"][[0, 0, 0, 1, 1, 1]])
     assert torch.equal(rep["pixel_values"], torch.cat([patches[i] for i in (0, 0, 0, 1, 1, 1)]))
-    assert torch.equal(rep["image_grid_thw"], batch["image_grid_thw"][[0, 0, 0, 1, 1, 1]])
+    for key in ("image_grid_thw", "token_type_ids", "mm_token_type_ids"):
+        if key in batch:
+            assert torch.equal(rep[key], batch[key][[0, 0, 0, 1, 1, 1]])
     features = model.image_features(m, batch)
     assert not torch.equal(features[0][0], features[1][0])  # each image a tuple: its merged tokens (+ deepstack's)
     repeated = model.repeat_prompts({**batch, "image_features": features}, 3)["image_features"]
@@ -108,9 +121,9 @@ def test_shared_image_features_give_the_plain_loss_and_gradients_with_one_tower_
     other = next(r for r in records if r["image_path"] != records[0]["image_path"])
     rows = [two[0], other, two[1]]  # image X, image Y, image X again
     prompt = data.prompt_batch(processor, rows)
-    ids, mask = data.target_batch(processor.tokenizer, rows, model.end_of_turn(processor))
-    patches_seen = []
-    hook = model.inner(m).visual.patch_embed.register_forward_pre_hook(lambda mod, a: patches_seen.append(len(a[0])))
+    ids, mask = data.target_batch(processor.tokenizer, rows, sampler.end_of_turn(processor))
+    images_seen = []
+    hook = count_tower_images(m, images_seen)
 
     def loss_and_grads(shared):
         m.zero_grad()
@@ -123,12 +136,11 @@ def test_shared_image_features_give_the_plain_loss_and_gradients_with_one_tower_
         shared, shared_grads = loss_and_grads(True)
     finally:
         hook.remove()
-    per_image = int(prompt["image_grid_thw"][0].prod())
-    assert patches_seen == [3 * per_image, 2 * per_image]  # three images' patches, then two
+    assert images_seen == [3, 2]  # three images, then two
     torch.testing.assert_close(shared, plain)
-    assert plain_grads.keys() == shared_grads.keys() and any("visual" in n for n in plain_grads)
-    for name, grad in plain_grads.items():  # the same sums in another order: equal to rounding, relative to the whole
-        assert (shared_grads[name] - grad).norm() <= 1e-5 * grad.norm(), name
+    tower = model.family(m).vision[0]
+    assert plain_grads.keys() == shared_grads.keys() and any(f".{tower}." in n for n in plain_grads)
+    assert_grads_close(shared_grads, plain_grads)
 
 
 def test_precomputed_image_features_replace_the_tower_in_every_forward(vlm, records):
@@ -136,7 +148,7 @@ def test_precomputed_image_features_replace_the_tower_in_every_forward(vlm, reco
     never runs the tower again, and its log-probs are those the pixels give."""
     m, processor = vlm
     prompt = data.prompt_batch(processor, records[:2])
-    ids, mask = data.target_batch(processor.tokenizer, records[2:6], model.end_of_turn(processor))
+    ids, mask = data.target_batch(processor.tokenizer, records[2:6], sampler.end_of_turn(processor))
     with torch.no_grad():
         from_pixels = model.group_logprobs(m, prompt, ids, mask, 2)
         featured = {**prompt, "image_features": model.image_features(m, prompt)}
@@ -173,9 +185,9 @@ def test_group_logprobs_share_the_prompt_and_equal_the_repeated_path(vlm, record
 def rows_through(m, fn):
     """(rows of images through the vision tower, (batch, length) of each pass through the first decoder layer)."""
     images, layer = [], []
-    hooks = [m.model.visual.register_forward_pre_hook(lambda mod, a, kw: images.append(int(kw["grid_thw"].shape[0])),
-                                                      with_kwargs=True),
-             m.model.language_model.layers[0].register_forward_hook(lambda mod, a, out: layer.append(tuple(a[0].shape[:2])))]
+    hooks = [count_tower_images(m, images),
+             model.inner(m).language_model.layers[0].register_forward_hook(
+                 lambda mod, a, out: layer.append(tuple(a[0].shape[:2])))]
     try:
         fn()
     finally:
@@ -277,10 +289,10 @@ def test_completion_texts_keep_special_tokens_but_not_the_final_end_of_turn(tiny
     word, start, end, pad = tok("<think>", add_special_tokens=False)["input_ids"], tok.convert_tokens_to_ids(
         "<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id
     ids = torch.tensor([[*word, start, *word, end, pad, pad, pad, pad], [*word, *word, start, *word]])  # ended; cut
-    mask = model.end_of_turn_mask(ids, model.end_token_ids(processor))
+    mask = sampler.end_of_turn_mask(ids, sampler.end_token_ids(processor))
     ended = torch.tensor([True, False])
     assert mask[0].sum() == 2 * len(word) + 2 and mask[1].all()
-    texts = model.completion_texts(tok, ids, mask, ended)
+    texts = sampler.completion_texts(tok, ids, mask, ended)
     assert texts == ["<think><|im_start|><think>", "<think><think><|im_start|><think>"]
 
 

@@ -34,7 +34,7 @@ def test_the_sampler_decodes_greedily_as_generate_does(vlm, records):
     batch = left_padded_pair(processor, records)
     tok = processor.tokenizer
     ours = sampler.sample(m, processor, batch, greedy=True, group_size=3, max_new_tokens=40)["completion_ids"]
-    theirs = m.generate(**batch, do_sample=False, max_new_tokens=40, eos_token_id=model.end_token_ids(processor, m),
+    theirs = m.generate(**batch, do_sample=False, max_new_tokens=40, eos_token_id=sampler.end_token_ids(processor, m),
                         pad_token_id=tok.pad_token_id, suppress_tokens=tok.convert_tokens_to_ids(list(model.family(m).banned)))
     theirs = theirs[:, batch["input_ids"].shape[1]:].repeat_interleave(3, 0)
     assert ours.shape[1] > 20 and torch.equal(ours, theirs[:, :ours.shape[1]])
@@ -132,7 +132,7 @@ def test_the_sampler_says_which_completions_ended_and_keeps_special_tokens_in_te
     batch = data.prompt_batch(processor, records[:2])
     out = sampler.sample(m, processor, batch, group_size=4, max_new_tokens=24, seed=5)
     ids, mask, ended = out["completion_ids"], out["completion_mask"], out["ended"]
-    assert torch.equal(ended, torch.isin(ids, torch.tensor(model.end_token_ids(processor, m))).any(1))
-    assert out["texts"] == model.completion_texts(tok, ids, mask, ended)
+    assert torch.equal(ended, torch.isin(ids, torch.tensor(sampler.end_token_ids(processor, m))).any(1))
+    assert out["texts"] == sampler.completion_texts(tok, ids, mask, ended)
     cut = sampler.sample(m, processor, batch, group_size=2, max_new_tokens=3, min_new_tokens=3, seed=5)
     assert not cut["ended"].any() and all(len(tok(t, add_special_tokens=False)["input_ids"]) >= 1 for t in cut["texts"])

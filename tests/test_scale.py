@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import free_port, grpo_args, metrics, torchrun
+from helpers import count_tower_images, free_port, grpo_args, metrics, torchrun
 from safetensors.torch import load_file
 
 import data
@@ -48,7 +48,7 @@ def test_a_bf16_copy_of_pi_sft_would_not_be_the_policy_under_autocast(sft5, reco
     fp32, processor = M.load_model(sft5, device="cpu", dtype=torch.float32)
     bf16, _ = M.load_model(sft5, device="cpu", dtype=torch.bfloat16)
     prompt = data.prompt_batch(processor, records[:2])
-    ids, mask = data.target_batch(processor.tokenizer, records[:2], M.end_of_turn(processor))
+    ids, mask = data.target_batch(processor.tokenizer, records[:2], sampler.end_of_turn(processor))
     with torch.no_grad(), precision.autocast("cpu", "bf16"):
         a, b = (M.group_logprobs(net, prompt, ids, mask, 1) for net in (fp32, bf16))
     assert (a - b)[mask.bool()].abs().max() > 1e-3  # measured 3e-3 here; 3.7 nats of KL on a random 2.27B model
@@ -285,7 +285,7 @@ def test_resume_without_a_checkpoint_says_so_and_a_new_run_keeps_off_an_old_one(
 
 # ---- the GPU path, exact and lean (its logic on the CPU) ----
 
-@pytest.fixture(scope="module", params=["qwen2.5-vl", "qwen3-vl"])
+@pytest.fixture(scope="module", params=["qwen2.5-vl", "qwen3-vl", "gemma3"])
 def wide(synth_dir, tmp_path_factory, request):
     """A tiny model of each family four times as wide (hidden 256), where last-bit differences show in log-probs."""
     from tiny import build_tiny, corpus_lines
@@ -319,8 +319,7 @@ def test_the_frozen_vision_tower_runs_once_a_step(family_dir, five, tmp_path, mo
 
     def counting(*a, **k):
         net, processor = real(*a, **k)
-        M.vision_modules(net)[0].register_forward_pre_hook(
-            lambda mod, args, kw: images.append(int(kw["grid_thw"].shape[0])), with_kwargs=True)
+        count_tower_images(net, images)
         return net, processor
 
     monkeypatch.setattr(M, "load_model", counting)
