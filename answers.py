@@ -26,7 +26,7 @@ def answer(policy, processor, records: list[dict], *, judge=None, seed: int | No
            judge_view: str = "full") -> list[dict]:
     """One row per question: the completion, its parsed letter, correctness, format, whether it ended, the judge's
     letter and consistency (None without a judge), whether the thought states its conclusion. A family that trains
-    (model.FAMILIES: Qwen2.5-VL, Qwen3-VL) decodes through the fast sampler, any other vision-language model through
+    (model.FAMILIES: Qwen2.5-VL, Qwen3-VL, Gemma 3) decodes through the fast sampler, any other vision-language model through
     `generate` (sampler.decode). `seed` seeds the
     sampling (None: the random state as it is, as a greedy evaluation inside a training loop wants it)."""
     rows, special = [], sampler.special_tokens(processor.tokenizer)

@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--judge", help="a judge (model folder or hub id, an SFT output too) that reads the question, the "
                    "options and the thought only, and names the letter it leads to")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)
+    p.add_argument("--max-pixels", type=int, help=data.MAX_PIXELS_HELP)
     p.add_argument("--precision", choices=["bf16", "fp32"], help="default: bf16 where the GPU supports it, else fp32")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code from the hub")
     return p.parse_args(argv)
@@ -145,7 +145,8 @@ def main(argv=None):
             raise SystemExit(f"ask.py: --image {args.image}: not a readable image ({type(e).__name__}: {e})") from None
         records = [{"id": args.image + where, "image_path": image, "question": args.question, "options": options}]
     policy, processor = M.load_model(args.ckpt, device=device, dtype=precision.weights_dtype(args.precision, trained=False),
-                                     trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels)
+                                     trust_remote_code=args.trust_remote_code)
+    data.limit_pixels(processor, args.max_pixels)
     precision.fp32_logits(policy)
     judge = None
     if args.judge:

@@ -7,7 +7,7 @@ it alone (standing in for the paper's manual check). The templated files stay; t
     python cots.py --data my_set --cot-model PATH    # my_set/train.cot.jsonl, test.cot.jsonl; keep rate in summary.json
 
 The describer is any vision-language model transformers runs (the paper's MedGemma is a Gemma 3): a family of
-model.FAMILIES (Qwen2.5-VL, Qwen3-VL) through the project's sampler, others through `generate`. Train on train.cot.jsonl; evaluate on test.jsonl, never on
+model.FAMILIES (Qwen2.5-VL, Qwen3-VL, Gemma 3) through the project's sampler, others through `generate`. Train on train.cot.jsonl; evaluate on test.jsonl, never on
 test.cot.jsonl: keeping only the CoTs the judge follows to the right letter keeps the easier questions, and a test set
 filtered that way flatters every model.
 
@@ -37,7 +37,7 @@ def parse_args(argv=None):
                    "the CoTs and judges them: Qwen2.5-VL, Qwen3-VL, Gemma 3 (MedGemma), or any AutoModelForImageTextToText")
     p.add_argument("--batch-size", type=int, default=8, help="questions per generation batch (default: 8)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per description and per CoT (default: 256)")
-    p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)
+    p.add_argument("--max-pixels", type=int, help=data.MAX_PIXELS_HELP)
     return p.parse_args(argv)
 
 
@@ -77,7 +77,8 @@ def main(argv=None) -> dict:
         raise SystemExit(f"{args.data}: no train.jsonl or test.jsonl; write them with `python build.py` (or "
                          "`python synth.py`) first")
     records = {s: data.load_jsonl(os.path.join(args.data, f"{s}.jsonl")) for s in splits}  # all validated first
-    policy, processor = M.load_model(args.cot_model, max_pixels=args.max_pixels)
+    policy, processor = M.load_model(args.cot_model)
+    data.limit_pixels(processor, args.max_pixels)
     kept = {s: model_cots(records[s], policy, processor, args.batch_size, args.max_new_tokens)
             for s in splits}
     for s in splits:

@@ -29,6 +29,10 @@ REQUIRED = {"id": str, "image": str, "task": str, "question": str, "options": li
 OPTIONAL = {"cot": str, "source": str, "modality": str, "anatomy": str, "patient": str, "mask": str, "benchmark": str,
             "qid": str}
 MAX_ERRORS = 50
+MAX_IMAGE_TOKENS = 1280  # an image of more is resized down (--max-pixels): 1280 x 28 x 28 pixels for Qwen2.5-VL
+MAX_PIXELS_HELP = ("larger images are resized down to this many pixels, aspect kept (default: 1,280 image tokens: "
+                   "1280 x 28 x 28 for 14-px patches (Qwen2.5-VL), 1280 x 32 x 32 for 16-px ones (Qwen3-VL); a lower "
+                   "bound of the checkpoint's processor stays; Gemma 3 resizes every image to one size)")
 
 
 # ---- loading and validation ----
@@ -218,6 +222,20 @@ def messages(record: dict) -> list[dict]:
 def target(record: dict) -> str:
     """The SFT target and the RL format: the CoT in think tags, then the letter alone in answer tags."""
     return f"<think>{record['cot']}</think><answer>{record['answer']}</answer>"
+
+
+def limit_pixels(processor, max_pixels: int | None = None):
+    """Images larger than max_pixels (default: MAX_IMAGE_TOKENS image tokens, one a patch x merge square: 28x28 pixels
+    for Qwen2.5-VL, 32x32 for 16-px patches) are resized down, aspect kept: a 2048x2048 slice would otherwise be
+    ~5,300 tokens, prefilled for every one of G samples. The processor's own bound stays when it is lower."""
+    images = processor.image_processor
+    if "longest_edge" not in images.size:  # a processor that resizes every image to one size (Gemma 3): no bound to set
+        return
+    max_pixels = max_pixels or MAX_IMAGE_TOKENS * (images.patch_size * images.merge_size) ** 2
+    if max_pixels < images.size["shortest_edge"]:
+        raise ValueError(f"--max-pixels {max_pixels} is below the processor's smallest image "
+                         f"({images.size['shortest_edge']} pixels)")
+    images.size["longest_edge"] = min(images.size["longest_edge"], max_pixels)
 
 
 def prompt_batch(processor, records: list[dict]) -> dict:

@@ -6,6 +6,7 @@
 # what it does not.
 #   SEED=1 OUT=runs/demo1 bash demo.sh   # another run: other initialisation, data order and sampling, same data
 #   FAMILY=qwen3-vl bash demo.sh         # the same on a tiny Qwen3-VL (runs/demo-qwen3-vl; docs/families.md)
+#   FAMILY=gemma3 bash demo.sh           # ... on a tiny Gemma 3, MedGemma's architecture (runs/demo-gemma3)
 set -euo pipefail
 FAMILY=${FAMILY:-qwen2.5-vl}
 OUT=${OUT:-runs/demo$([ "$FAMILY" = qwen2.5-vl ] || echo "-$FAMILY")}

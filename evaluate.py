@@ -9,7 +9,7 @@ thought states its conclusion (and the consistency of those that do and do not),
 `modality`.
 
 Any vision-language model that transformers' AutoModelForImageTextToText and its processor's chat template run is a
-row: a family that trains (Qwen2.5-VL, Qwen3-VL) decodes through the project's sampler, others (Gemma 3, LLaVA, ...)
+row: a family that trains (Qwen2.5-VL, Qwen3-VL, Gemma 3) decodes through the project's sampler, others (LLaVA, ...)
 through `generate`, with the same prompt, parsing and metrics. Every row is judged by one judge (docs/metrics.md,
 "Table 1 you can compare"): the one given with --judge, else the one the Con-GRPO run among --ckpt used (its π_SFT when
 it judged itself). Models score in the regime training used: bf16 weights under autocast where the GPU has bf16, the
@@ -71,7 +71,7 @@ def parse_args(argv=None):
                    "a thought: all of it (the paper) or all but its concluding part (default: %(default)s)")
     p.add_argument("--judge-max-tokens", type=int, default=768, help="thought tokens the judge reads (the end)")
     p.add_argument("--limit", type=int, default=0, help="evaluate the first N questions only (0: all)")
-    p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)
+    p.add_argument("--max-pixels", type=int, help=data.MAX_PIXELS_HELP)
     p.add_argument("--precision", choices=["bf16", "fp32"], help="bf16: bf16 weights under autocast, the LM head in "
                    "fp32, as training scores; default: bf16 where the GPU supports it, else fp32")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the models' own code from the hub")
@@ -181,8 +181,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     results, predictions = [], []
     for name, ckpt in zip(names, args.ckpt):
-        policy, processor = M.load_model(ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code,
-                                         max_pixels=args.max_pixels)
+        policy, processor = M.load_model(ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
+        data.limit_pixels(processor, args.max_pixels)
         precision.fp32_logits(policy)
         judge = rewards.Judge(policy, processor.tokenizer, max_thought_tokens=args.judge_max_tokens) \
             if judge_path == "self" else fixed_judge  # None with --judge none: no consistency column

@@ -20,10 +20,6 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
-MAX_IMAGE_TOKENS = 1280  # an image of more is resized down (--max-pixels): 1280 x 28 x 28 pixels for Qwen2.5-VL
-MAX_PIXELS_HELP = ("larger images are resized down to this many pixels, aspect kept (default: 1,280 image tokens: "
-                   "1280 x 28 x 28 for 14-px patches (Qwen2.5-VL), 1280 x 32 x 32 for 16-px ones (Qwen3-VL); a lower "
-                   "bound of the checkpoint's processor stays)")
 # LoRA on the language model's attention and MLP projections only: vision towers use the same module names
 # (gate_proj, q_proj, ...), so the targets are matched under the language model alone (add_lora).
 LORA_TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
@@ -51,8 +47,7 @@ def _pooled(features):
 
 
 def _deepstack(features):
-    """Qwen3-VL: each image's merged tokens, and the features of its tower's deepstack layers that the language model
-    adds to its first layers' hidden states at the image's positions."""
+    """Qwen3-VL: the merged tokens, and each deepstack layer's, which the language model adds to its first layers."""
     from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
     pooled, *deep = (tuple(per_image) for per_image in zip(*features))
     return BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=list(deep))
@@ -170,14 +165,14 @@ def default_dtype(device) -> torch.dtype:
 
 def model_type(path: str, trust_remote_code: bool = False) -> str:
     """config.model_type of a model folder, an adapter folder's base, or a (cached) hub id; for a folder of a processor
-    alone, the type whose processor class its preprocessor_config.json names."""
+    alone, the type whose processor class its processor_config.json names (run.save_processor writes it)."""
     from transformers import AutoConfig
     try:
         return AutoConfig.from_pretrained(adapter_base(path) or path, trust_remote_code=trust_remote_code).model_type
     except (OSError, ValueError) as e:
-        saved = [os.path.join(path, f"{name}_config.json") for name in ("processor", "preprocessor")]
-        named = {json.load(open(f)).get("processor_class") for f in saved if os.path.isfile(f)}
-        kinds = [kind for kind, own in FAMILIES.items() if own.processor in named]
+        saved = os.path.join(path, "processor_config.json")
+        named = json.load(open(saved)).get("processor_class") if os.path.isfile(saved) else None
+        kinds = [kind for kind, own in FAMILIES.items() if own.processor == named]
         if not kinds:
             raise ValueError(f"cannot tell which model {path} is for: no config.json, adapter_config.json or "
                              "processor_class in processor_config.json") from e
@@ -194,10 +189,9 @@ def image_only(processor_class):
     return type(processor_class.__name__, (processor_class,), {"__init__": __init__})  # saved under the class's name
 
 
-def load_processor(path: str, trust_remote_code: bool = False, max_pixels: int | None = None, kind: str | None = None):
+def load_processor(path: str, trust_remote_code: bool = False, kind: str | None = None):
     """The processor of a hub id or folder, left-padded: AutoProcessor where torchvision exists, else the family's own
-    classes without a video processor (`kind`: the model's config.model_type, read from the folder when not given).
-    Larger images are resized down to at most max_pixels pixels (limit_pixels)."""
+    classes without a video processor (`kind`: the model's config.model_type, read from the folder when not given)."""
     try:
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, padding_side="left")
     except (ImportError, OSError, ValueError, TypeError, AttributeError):
@@ -216,22 +210,7 @@ def load_processor(path: str, trust_remote_code: bool = False, max_pixels: int |
             image_processor, tokenizer, chat_template=_chat_template(path, tokenizer),
             **{k: v for k, v in settings.items() if k != "processor_class"})
     processor.tokenizer.padding_side = "left"  # batched generation needs left padding
-    limit_pixels(processor, max_pixels)
     return processor
-
-
-def limit_pixels(processor, max_pixels: int | None = None):
-    """Images larger than max_pixels (default: MAX_IMAGE_TOKENS image tokens, one a patch x merge square: 28x28 pixels
-    for Qwen2.5-VL, 32x32 for 16-px patches) are resized down, aspect kept: a 2048x2048 slice would otherwise be
-    ~5,300 tokens, prefilled for every one of G samples. The processor's own bound stays when it is lower."""
-    images = processor.image_processor
-    if "longest_edge" not in images.size:  # a processor that resizes every image to one size (Gemma 3): no bound to set
-        return
-    max_pixels = max_pixels or MAX_IMAGE_TOKENS * (images.patch_size * images.merge_size) ** 2
-    if max_pixels < images.size["shortest_edge"]:
-        raise ValueError(f"--max-pixels {max_pixels} is below the processor's smallest image "
-                         f"({images.size['shortest_edge']} pixels)")
-    images.size["longest_edge"] = min(images.size["longest_edge"], max_pixels)
 
 
 def _chat_template(path, tokenizer):
@@ -254,7 +233,7 @@ def adapter_base(path: str) -> str | None:
 
 
 def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | None = None, merge: bool = True,
-               trust_remote_code: bool = False, max_pixels: int | None = None):
+               trust_remote_code: bool = False):
     """Load (model, processor) from a hub id, a model folder, or a PEFT adapter folder (base + adapter).
 
     An adapter is merged into the base weights unless `merge=False` (then a PeftModel is returned).
@@ -275,15 +254,15 @@ def load_model(path: str, *, device: str | None = None, dtype: torch.dtype | Non
         if merge:
             model = merge_lora(model).to(dtype)
     has_processor = glob.glob(os.path.join(path, "tokenizer*")) if os.path.isdir(path) else True
-    processor = load_processor(path if has_processor else base, trust_remote_code, max_pixels, model.config.model_type)
+    processor = load_processor(path if has_processor else base, trust_remote_code, model.config.model_type)
     return model.to(device).eval(), processor
 
 
 def load_judge(path: str, *, device: str | None = None, dtype: torch.dtype | None = None,
                trust_remote_code: bool = False):
-    """(model, tokenizer) of the judge F of Eq. 6, frozen (precision.fp32_logits puts its head in fp32, as the policy's):
-    an SFT output or any other adapter folder (merged onto its base, as load_model does), a vision-language model (used without an image),
-    or any causal language model, by hub id or folder."""
+    """(model, tokenizer) of the judge F of Eq. 6, frozen: an SFT output or any other adapter folder (merged onto its
+    base), a vision-language model (used without an image), or any causal language model, by hub id or folder. The
+    caller puts its LM head in fp32 as the policy's (precision.fp32_logits)."""
     from transformers import AutoModelForCausalLM
     device = device or default_device()
     dtype = dtype or default_dtype(device)

@@ -116,7 +116,7 @@ def parse_args(argv=None):
     p.add_argument("--fsdp", action="store_true", help="shard the policy, its gradients and AdamW state, and π_SFT "
                    "over the ranks (FSDP2; under torchrun, full fine-tuning only): a full fine-tune of the 3B model "
                    "does not fit one 80 GB GPU replicated")
-    p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)
+    p.add_argument("--max-pixels", type=int, help=data.MAX_PIXELS_HELP)
     p.add_argument("--log-samples-every", type=int, default=10, help="write completions to samples.jsonl every N "
                    "steps (0: never)")
     p.add_argument("--save-every", type=int, default=0, help="write OUT/checkpoint-STEP every N steps (0: never)")
@@ -275,8 +275,8 @@ def main(argv=None):
 
     # ---- models: π_θ, π_SFT (in π_θ's precision regime: r_t = 1 before the first update), the judge ----
     dtype = precision.weights_dtype(args.precision, trained=not args.lora)
-    sft, processor = M.load_model(args.ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code,
-                                  max_pixels=args.max_pixels)
+    sft, processor = M.load_model(args.ckpt, device=device, dtype=dtype, trust_remote_code=args.trust_remote_code)
+    data.limit_pixels(processor, args.max_pixels)
     if args.lora:
         policy, reference = M.add_lora(sft, args.lora_r, args.lora_alpha, 0.0, args.lora_targets, args.train_vision), None
     else:

@@ -84,7 +84,7 @@ def parse_args(argv=None):
                    "weights in fp32 (the paper's bf16); default: bf16 where the GPU supports it, else fp32")
     p.add_argument("--fsdp", action="store_true", help="with --full under torchrun: shard the model, its gradients and "
                    "AdamW state over the ranks (FSDP2)")
-    p.add_argument("--max-pixels", type=int, help=M.MAX_PIXELS_HELP)
+    p.add_argument("--max-pixels", type=int, help=data.MAX_PIXELS_HELP)
     p.add_argument("--eval-data", help="held-out JSONL for the periodic evaluation")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: never)")
     p.add_argument("--eval-samples", type=int, default=64, help="questions per evaluation (default: %(default)s)")
@@ -177,7 +177,8 @@ def main(argv=None):
 
     # ---- model: the base, LoRA on the language model (or all weights with --full), AdamW ----
     base, processor = M.load_model(args.model, device=device, dtype=precision.weights_dtype(args.precision, trained=args.full),
-                                   trust_remote_code=args.trust_remote_code, max_pixels=args.max_pixels)
+                                   trust_remote_code=args.trust_remote_code)
+    data.limit_pixels(processor, args.max_pixels)
     if args.full:
         policy = base.requires_grad_(True)
         for tower in M.vision_modules(policy):

@@ -12,6 +12,8 @@
 #                 CUDA graph = eager
 #   qwen3         a Qwen3-VL at 127M (tiny.py --family qwen3-vl, 448 px): step 1 of train_grpo.py, full and LoRA, KL and
 #                 clip fraction exactly 0; the sampler's exactness and CUDA graph on its deepstack and interleaved M-RoPE
+#   gemma3        the same on a Gemma 3 at 127M (tiny.py --family gemma3): its masks per kind of layer (image block,
+#                 sliding window), 1-D padded positions, the chunked log-probs
 #   real_shapes   at 448 and 1,008 px (256 and 1,296 image tokens): the Con-GRPO step (LoRA, full), its rollout's tokens/s
 #                 against the bandwidth bound and the CUDA graphs' capture time, peak memory; an SFT step
 #   e2e           the CLI at 127M parameters: synth -> tiny -> train_sft --full -> evaluate (questions/s)
@@ -47,16 +49,17 @@ fi
 DEADLINE=${DEADLINE:-480}  # seconds from here: 8 minutes of a 15-minute device window leave room for the start and a rerun
 #           step         limit (s)
 PLAN=(      nccl         20
-            model_3b     40
-            kl0_full     45
+            model_3b     35
+            kl0_full     40
             kl0_lora     35
-            kl0_fsdp     45
+            kl0_fsdp     40
             kl0_gc       35
             sampler      30
-            qwen3        60
-            real_shapes  80
-            e2e          40
-            trl          35 )
+            qwen3        50
+            gemma3       50
+            real_shapes  75
+            e2e          35
+            trl          30 )
 declare -A LIMIT; PLANNED=0
 for ((i = 0; i < ${#PLAN[@]}; i += 2)); do LIMIT[${PLAN[i]}]=${PLAN[i+1]}; PLANNED=$(( PLANNED + PLAN[i+1] )); done
 T0=$(date +%s)
@@ -97,12 +100,14 @@ run kl0_lora $PY train_grpo.py $GRPO --out "$D/kl0_lora" --lora
 run kl0_fsdp $TORCHRUN1 train_grpo.py $GRPO --out "$D/kl0_fsdp" --fsdp
 run kl0_gc $PY train_grpo.py $GRPO --out "$D/kl0_gc" --lora --gradient-checkpointing
 run sampler $PY bench/sampler_check.py --ckpt "$D/big" --prompts 2 --group-size 2 --max-new-tokens $TOK
-Q3="--ckpt $D/q3 --data $D/data/eight.jsonl --epochs 1 --max-new-tokens $TOK --min-new-tokens $TOK --lr 1e-6 --log-samples-every 0 $PREC"
-run qwen3 bash -c "set -e
-$PY tiny.py --family qwen3-vl --out $D/q3 $E2E --corpus $D/data/train.jsonl --image-px $PX
-$PY train_grpo.py $Q3 --out $D/q3_full
-$PY train_grpo.py $Q3 --out $D/q3_lora --lora
-$PY bench/sampler_check.py --ckpt $D/q3 --prompts 2 --group-size 2 --max-new-tokens $TOK"
+for fam in qwen3 gemma3; do  # a family's step 1 full and LoRA (KL exactly 0), then its sampler's exactness
+  F="--ckpt $D/$fam --data $D/data/eight.jsonl --epochs 1 --max-new-tokens $TOK --min-new-tokens $TOK --lr 1e-6 --log-samples-every 0 $PREC"
+  run $fam bash -c "set -e
+$PY tiny.py --family $([ $fam = qwen3 ] && echo qwen3-vl || echo gemma3) --out $D/$fam $E2E --corpus $D/data/train.jsonl --image-px $PX
+$PY train_grpo.py $F --out $D/${fam}_full
+$PY train_grpo.py $F --out $D/${fam}_lora --lora
+$PY bench/sampler_check.py --ckpt $D/$fam --prompts 2 --group-size 2 --max-new-tokens $TOK"
+done
 run real_shapes $PY bench/real_shapes.py $SHAPES
 run e2e bash -c "set -e
 $PY tiny.py --out $D/m $E2E --corpus $D/data/train.jsonl --image-px $PX
@@ -125,10 +130,12 @@ fi
     [ -f "$D/kl0_$mode/metrics.jsonl" ] && echo "step 1, $mode: $(step1 "$D/kl0_$mode/metrics.jsonl")"
   done
   grep -h "greedy tokens equal" "$OUT/sampler.log"
-  for mode in full lora; do
-    [ -f "$D/q3_$mode/metrics.jsonl" ] && echo "step 1, qwen3-vl $mode: $(step1 "$D/q3_$mode/metrics.jsonl")"
+  for fam in qwen3 gemma3; do
+    for mode in full lora; do
+      [ -f "$D/${fam}_$mode/metrics.jsonl" ] && echo "step 1, $fam $mode: $(step1 "$D/${fam}_$mode/metrics.jsonl")"
+    done
+    grep -h "greedy tokens equal" "$OUT/$fam.log"
   done
-  grep -h "greedy tokens equal" "$OUT/qwen3.log"
   grep -h "bandwidth:\|SFT (\|Con-GRPO (\|out of GPU memory\|do not fit" "$OUT/real_shapes.log"
   [ -f "$D/eval/results.json" ] && $PY -c "import json; r = json.load(open('$D/eval/results.json'))['results'][0]
 print(f\"evaluate.py, e2e model: {1 / r['seconds_per_question']:.1f} questions/s\")"

@@ -247,11 +247,15 @@ def test_max_pixels_bounds_the_image_tokens(tiny_dir, records, tmp_path):
     Image.fromarray(np.zeros((2048, 2048, 3), np.uint8)).save(tmp_path / "big.png")
     big = {**records[0], "image_path": str(tmp_path / "big.png")}
     tokens = lambda processor: int(data.prompt_batch(processor, [big])["image_grid_thw"].prod()) // 4  # noqa: E731
+    def limited(max_pixels):
+        processor = model.load_processor(tiny_dir)
+        data.limit_pixels(processor, max_pixels)
+        return processor
     assert tokens(model.load_processor(tiny_dir)) == 16  # the tiny processor's own bound: 112x112
-    assert tokens(model.load_processor(tiny_dir, max_pixels=56 * 56)) == 4
-    assert tokens(model.load_processor(tiny_dir, max_pixels=model.MAX_IMAGE_TOKENS * 28 * 28)) == 16  # a lower own bound stays
+    assert tokens(limited(56 * 56)) == 4
+    assert tokens(limited(None)) == tokens(limited(data.MAX_IMAGE_TOKENS * 28 * 28)) == 16  # a lower own bound stays
     with pytest.raises(ValueError, match="below the processor's smallest image"):
-        model.load_processor(tiny_dir, max_pixels=100)
+        limited(100)
 
 
 def test_an_adapter_is_merged_in_fp32_and_cast_once(tiny_dir, tmp_path):
