@@ -304,8 +304,8 @@ def test_before_the_first_update_log_pi_theta_equals_log_pi_sft_to_the_bit(wide,
     real = train_grpo.grpo_loss
     monkeypatch.setattr(train_grpo, "grpo_loss", lambda logps, ref, *a, **k: seen.append((logps.detach(), ref, a[1]))
                         or real(logps, ref, *a, **k))
-    flags = ["--precision", precision, "--stop-after", "1", *(["--lora"] if mode == "lora" else []),
-             *(["--gradient-checkpointing"] if checkpointing else [])]
+    flags = ["--precision", precision, "--stop-after", "1", "--max-new-tokens", "32",
+             *(["--lora"] if mode == "lora" else []), *(["--gradient-checkpointing"] if checkpointing else [])]
     train_grpo.main(grpo_args(wide, five, tmp_path, *flags))
     assert seen
     for logps, ref, mask in seen:
