@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 
@@ -27,7 +26,8 @@ from PIL import Image
 
 import recipes
 import volumes
-from data import MAX_ERRORS, file_problem, read_image, read_labels, read_mask, same_text, text_lines, write_jsonl
+from data import (MAX_ERRORS, file_problem, finish_output, read_image, read_labels, read_mask, same_text, start_output,
+                  text_lines, write_jsonl)
 from questions import also_right, questions_for, region_of, related_pairs, split_by_patient
 
 MANIFEST_FIELDS = ("image", "mask", "source", "modality", "anatomy", "anomaly", "pathology", "patient",
@@ -176,15 +176,15 @@ def distractor_pools(rows: list[dict], vocab: dict | None = None, builtin: bool 
 def gather(manifest: str | None, sources: list[tuple[str, str]], staging: str, defaults: dict):
     """Every row to build, as (where, folder, row): a manifest's (where = manifest:line) and each recipe's (where = the
     image it found), with `defaults` (the command line's lesion labels, label names, window) where a row sets none;
-    the problems of lines not read; what the recipes skipped."""
-    rows, errors, skipped = [], [], {}
+    the problems of lines not read; what each recipe dropped, by reason."""
+    rows, errors, dropped = [], [], {}
     if manifest:
         lines, errors = read_manifest(manifest)
         folder = os.path.dirname(os.path.abspath(manifest))
         rows = [(f"{manifest}:{line}", folder, row) for line, row in lines]
     for name, root in sources:
         try:
-            found, skipped[name] = recipes.rows(name, root, staging)
+            found, dropped[name] = recipes.rows(name, root, staging)
         except ValueError as e:
             errors.append(f"--recipe {name} --root {root}: {e}")
             continue
@@ -193,7 +193,7 @@ def gather(manifest: str | None, sources: list[tuple[str, str]], staging: str, d
         for field, value in defaults.items():
             if value and not str(row.get(field) or "").strip():
                 row[field] = value
-    return rows, errors, skipped
+    return rows, errors, dropped
 
 
 def slice_volumes(rows: list, staging: str, more: int, normal: int) -> tuple[list, list, dict]:
@@ -244,26 +244,35 @@ def slice_volumes(rows: list, staging: str, more: int, normal: int) -> tuple[lis
 
 def build(manifest: str | None, out: str, seed: int = 0, test_frac: float = 0.3, vocab: dict | None = None,
           builtin_vocab: bool = True, sources: list[tuple[str, str]] = (), lesion_labels: str = "",
-          label_pathology: str = "", window: str = "", slices_per_volume: int = 2, normal_slices: int = 1) -> dict:
+          label_pathology: str = "", window: str = "", slices_per_volume: int = 2, normal_slices: int = 1,
+          overwrite: bool = False) -> dict:
     """Build train.jsonl / test.jsonl (the five tasks per image) and 8-bit images/ masks/ from a manifest and from
     public sources as downloaded (`sources`: (recipe, root) pairs; recipes.py), 2D images and volumes alike.
 
-    Every bad row is reported as `manifest:line: field: problem` (a recipe's row by its image), and nothing is written
-    until all are clean; volumes are sliced into a staging folder beside `out` first.
+    Every bad row is reported as `manifest:line: field: problem` (a recipe's row by its image), and nothing reaches
+    `out` until all are clean: the set is written into OUT.partial and moved into place at the end. A non-empty `out`
+    is refused unless `overwrite` (then it is replaced), and never when it holds the inputs.
     """
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".build-", dir=parent)
+    inputs = [os.path.abspath(p) for p in [manifest, *(root for _, root in sources)] if p]
+    inside = [p for p in inputs if (p + os.sep).startswith(os.path.abspath(out) + os.sep)]
+    if inside and os.path.isdir(out) and os.listdir(out):
+        raise ValueError(f"--out {out} holds an input ({inside[0]}): give an output folder of its own")
+    partial = start_output(out, overwrite)
+    work = os.path.join(partial, ".work")  # sliced volumes, drawn boxes: read, then left behind
+    os.makedirs(work)
     try:
-        return _build(manifest, out, seed, test_frac, vocab, builtin_vocab, sources, staging,
-                      dict(lesion_labels=lesion_labels, label_pathology=label_pathology, window=window),
-                      slices_per_volume, normal_slices)
+        summary = _build(manifest, partial, seed, test_frac, vocab, builtin_vocab, sources, work,
+                         dict(lesion_labels=lesion_labels, label_pathology=label_pathology, window=window),
+                         slices_per_volume, normal_slices)
+        shutil.rmtree(work)
+        finish_output(partial, out)
+        return summary
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _build(manifest, out, seed, test_frac, vocab, builtin_vocab, sources, staging, defaults, more, normal) -> dict:
-    rows, errors, skipped = gather(manifest, sources, staging, defaults)
+    rows, errors, dropped = gather(manifest, sources, staging, defaults)
     for where, folder, row in rows:
         errors += [f"{where}: {field}: {problem}" for field, problem in _row_problems(row, folder)]
     named = [{"pathology": name} for _, _, row in rows for name in label_names(row).values()]
@@ -286,7 +295,8 @@ def _build(manifest, out, seed, test_frac, vocab, builtin_vocab, sources, stagin
                               f"distractors that are not also right ({', '.join(also)} excluded): give --vocab with more "
                               f"{field} values")
     if not rows and not errors:
-        errors.append(f"{manifest}: no rows")
+        errors.append(f"{manifest}: no rows" if manifest else "no image left to build; dropped, by recipe and reason: "
+                      + json.dumps({name: counts for name, counts in dropped.items() if counts}))
     if not errors:
         rows, errors, volume_stats = slice_volumes(rows, staging, more, normal)
     if errors:
@@ -296,8 +306,8 @@ def _build(manifest, out, seed, test_frac, vocab, builtin_vocab, sources, stagin
                "distractors_excluded": excluded}  # per answer, values never offered beside it: they are also right
     if volume_stats["volumes"]:
         summary["volumes"] = volume_stats
-    if any(skipped.values()):
-        summary["skipped_by_recipe"] = {name: counts for name, counts in skipped.items() if counts}
+    if any(dropped.values()):  # images skipped, labels lost, label rows reaching no image: by source and reason
+        summary["dropped"] = {name: counts for name, counts in dropped.items() if counts}
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     os.makedirs(os.path.join(out, "masks"), exist_ok=True)
     for i, (where, folder, row) in enumerate(rows):
@@ -340,7 +350,10 @@ def main(argv=None):
     p.add_argument("--recipe", action="append", default=[], help="a public source as downloaded (python build.py "
                    "--recipe list); with --root, repeatable: several sources build one set")
     p.add_argument("--root", action="append", default=[], help="the folder the --recipe before it unpacked into")
-    p.add_argument("--out", help="output folder: train.jsonl, test.jsonl, images/, masks/, summary.json")
+    p.add_argument("--out", help="output folder: train.jsonl, test.jsonl, images/, masks/, summary.json (a new or "
+                   "empty one; nothing reaches it before every problem is known)")
+    p.add_argument("--overwrite", action="store_true", help="replace what --out holds (an earlier build) once this one "
+                   "is done")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: %(default)s)")
     p.add_argument("--test-frac", type=float, default=0.3, help="share of images in test.jsonl, split by patient "
                    "(default: %(default)s, the paper's 30%%)")
@@ -376,10 +389,13 @@ def main(argv=None):
                         json.load(open(args.vocab, encoding="utf-8-sig")) if args.vocab else None,
                         builtin_vocab=not args.no_builtin_vocab, sources=list(zip(args.recipe, args.root)),
                         lesion_labels=args.lesion_labels, label_pathology=args.label_pathology, window=args.window,
-                        slices_per_volume=args.slices_per_volume, normal_slices=args.normal_slices)
+                        slices_per_volume=args.slices_per_volume, normal_slices=args.normal_slices,
+                        overwrite=args.overwrite)
     except ValueError as e:  # every problem of the manifest and the recipes, one a line; nothing was written
         raise SystemExit(f"build.py: {e}") from None
     print(json.dumps(summary, indent=2))
+    for name, counts in summary.get("dropped", {}).items():  # never silence: what a source held that the set lacks
+        print(f"dropped from --recipe {name}: " + "; ".join(f"{n} {why}" for why, n in counts.items()))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,12 @@ A public benchmark converted by benchmarks.py names itself in `benchmark`: its `
 its `options` 2 to 10 strings (letters A, B, ...), and `qid` its own question id.
 """
 import argparse
+import csv
+import io
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -139,6 +142,59 @@ def file_problems(files: dict) -> dict:
     with ThreadPoolExecutor(min(16, os.cpu_count() or 1)) as pool:
         found = dict(zip(files, pool.map(lambda item: file_problem(*item), files.items())))
     return {path: problem for path, problem in found.items() if problem}
+
+
+def read_text(path: str) -> str:
+    """A text file's content: UTF-8, a byte-order mark allowed. Another encoding is an error naming the file (and the
+    line) and what to do: a spreadsheet's "Unicode text" is UTF-16, its plain CSV often cp1252."""
+    raw = open(path, "rb").read()
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValueError(f"{path}: UTF-16 text (a spreadsheet's 'Unicode text'): save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#04x}, as in cp1252, the encoding of a CSV some "
+                         "spreadsheets save): save it as UTF-8") from None
+
+
+def read_csv(path: str) -> list[list[str]]:
+    """The rows of a CSV file (read_text), its cells separated by commas, or by the semicolons or tabs a spreadsheet
+    saves in some locales (read off the header line)."""
+    text = read_text(path)
+    header = text.split("\n", 1)[0]
+    sep = max(",;\t", key=header.count) if header else ","
+    return list(csv.reader(io.StringIO(text, newline=""), delimiter=sep))
+
+
+def read_json(path: str):
+    """A JSON file's content (read_text); invalid JSON is an error naming the file, line and column."""
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}): a download cut short?") from None
+
+
+def start_output(out: str, overwrite: bool = False) -> str:
+    """The folder a build or conversion writes into, OUT.partial beside OUT: nothing reaches OUT before finish_output,
+    so a run stopped by a problem leaves OUT as it was. OUT naming a file, or a folder holding files (an earlier run's)
+    without `overwrite`, is an error."""
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} is a file: give a folder")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise ValueError(f"--out {out} holds files already ({', '.join(sorted(os.listdir(out))[:4])}, ...): give a new "
+                         "or empty folder, or --overwrite to replace them once the run is done")
+    staging = out + ".partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    return staging
+
+
+def finish_output(staging: str, out: str):
+    """OUT replaced by what the run wrote into `staging` (start_output)."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
 
 
 def load_jsonl(path: str) -> list[dict]:

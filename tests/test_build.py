@@ -39,9 +39,9 @@ def truth(record):
 
 def test_rebuilt_localization_equals_the_synthetic_truth(manifest, tmp_path):
     path, by_image = manifest
-    summary = build.build(path, str(tmp_path), seed=0)
-    train = data.load_jsonl(str(tmp_path / "train.jsonl"))
-    test = data.load_jsonl(str(tmp_path / "test.jsonl"))
+    summary = build.build(path, str(tmp_path / "out"), seed=0)
+    train = data.load_jsonl(str(tmp_path / "out" / "train.jsonl"))
+    test = data.load_jsonl(str(tmp_path / "out" / "test.jsonl"))
     built = train + test
     locs = [r for r in built if r["task"] == "localization"]
     assert locs and len(locs) == sum("localization" in t for t in by_image.values())

@@ -3,9 +3,11 @@ and files with their real headers, header orientation), built into a MedAD-style
 and why, and that no patient falls on both sides of the split; several recipes into one set; a root without the
 files, a label file missing."""
 import csv
+import glob
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -107,7 +109,8 @@ def mosmed(root):
     ct_case(os.path.join(top, "studies", "CT-0", "study_0001.nii.gz"), None)
     ct_case(os.path.join(top, "studies", "CT-1", "study_0255.nii.gz"), os.path.join(top, "masks", "study_0255_mask.nii.gz"),
             labels=((1, UPPER_LEFT),))
-    ct_case(os.path.join(top, "studies", "CT-2", "study_0400.nii.gz"), None)  # abnormal, no mask: skipped
+    for n, study in ((2, "study_0400"), (3, "study_1000"), (4, "study_1109")):  # abnormal, no mask: skipped
+        ct_case(os.path.join(top, "studies", f"CT-{n}", f"{study}.nii.gz"), None)
     return {"study_0001": ("Normal", None, None), "study_0255": ("Abnormal", "Pneumonia", "Left Upper")}
 
 
@@ -148,10 +151,9 @@ def cvc(root, mirror=True):
             picture(os.path.join(root, folder, "Original", f"{n}.{ext}"), lesion=where)
             mask(os.path.join(root, folder, "Ground Truth", f"{n}.{ext}"), where)
     if mirror:
-        write_table(os.path.join(root, "metadata.csv"), ["frame_id", "sequence_id", "png_image_path", "png_mask_path",
-                                                         "tif_image_path", "tif_mask_path"],
-                    [[str(n), "1" if n < 26 else "2", f"PNG/Original/{n}.png", f"PNG/Ground Truth/{n}.png",
-                      f"TIF/Original/{n}.tif", f"TIF/Ground Truth/{n}.tif"] for n in frames])
+        # the columns its readers show (dataset-ninja/cvc-612 and Kaggle notebooks): no tif_image_path
+        write_table(os.path.join(root, "metadata.csv"), ["frame_id", "sequence_id", "png_image_path", "png_mask_path"],
+                    [[str(n), "1" if n < 26 else "2", f"PNG/Original/{n}.png", f"PNG/Ground Truth/{n}.png"] for n in frames])
     return {str(n): ("Abnormal", "Polyp", "Right Lower" if where == LOWER_RIGHT else "Left Upper")
             for n, where in frames.items()}
 
@@ -245,8 +247,14 @@ def chestxray8(root):
                 [["00000001_000.png", "No Finding", "0", "1", "57", "M", "PA", "64", "64", "0.143", "0.143"],
                  ["00000002_000.png", "Mass", "0", "2", "81", "M", "PA", "64", "64", "0.143", "0.143"],
                  ["00000003_000.png", "Effusion|Mass", "0", "3", "74", "F", "PA", "64", "64", "0.143", "0.143"]])
-    write_table(os.path.join(root, "BBox_List_2017.csv"), ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]", "", ""],
-                [["00000002_000.png", "Mass", "40.5", "44", "12", "10", "", ""]])  # lower right of 64 px
+    with open(os.path.join(root, "Data_Entry_2017_v2020.csv"), "a") as f:
+        f.write("00000004_000.png,Nodule,0,4,60,F,PA,64,64,0.143,0.143\n")  # an image of another part of the download
+    # NIH's file as released (mlmed/torchxrayvision torchxrayvision/data/BBox_List_2017.csv.gz): a header of nine cells
+    # (Bbox [x,y,w,h] split at its commas, then ',,,'), rows of six
+    with open(os.path.join(root, "BBox_List_2017.csv"), "w") as f:
+        f.write("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                "00000002_000.png,Mass,40.5084745762712,44,12,10.1864406779661\n"  # lower right of 64 px
+                "00000003_000.png,Mass,2,2,10,10\n00000099_000.png,Nodule,5,5,8,8\n")  # an image skipped, one absent
     return {"00000001_000": ("Normal", None, None), "00000002_000": ("Abnormal", "Mass", "Right Lower")}
 
 
@@ -307,8 +315,11 @@ def answer_of(records, task):
 
 SKIPPED = {  # what each fixture holds that its recipe must not answer, by reason
     **{name: {recipes.UNLABELLED: 1} for name in ("brats2021", "brats2021-t1ce", "atlas2", "resc", "idrid")},
-    "mosmed": {"abnormal without a mask": 1},
-    "chestxray8": {"no class, or several": 1},  # two findings: two right answers
+    "mosmed": {"abnormal without a mask": 3},
+    "chestxray8": {"no class, or several": 1,  # two findings: two right answers
+                   "a row of Data_Entry_2017_v2020.csv naming no image of the download": 1,
+                   "a box of BBox_List_2017.csv on an image not in the download": 1,
+                   "a box of BBox_List_2017.csv on an image skipped or called normal": 1},
     "cvc-clinicdb": {"the same image again (another format or folder of the download)": 4},  # PNG/ beside TIF/
     "ddti": {"no polygon for this image (unlabelled)": 1, "a polygon cut short or unreadable (<svg> JSON)": 1},
 }
@@ -362,7 +373,12 @@ def test_a_recipe_turns_its_layout_into_questions(tmp_path, name):
     patients = {r["patient"] for r in records}
     assert all(p.startswith(f"{name}-") for p in patients)
     assert name not in PATIENTS or patients == PATIENTS[name]
-    assert summary.get("skipped_by_recipe", {}).get(name, {}) == SKIPPED.get(name, {})
+    assert summary.get("dropped", {}).get(name, {}) == SKIPPED.get(name, {})
+    found = {p for pattern in recipe["images"] for p in glob.glob(os.path.join(glob.escape(root), pattern), recursive=True)
+             if not re.search(recipe.get("exclude", "$^"), p) and re.search(recipe.get("select", ""), p)}
+    images_dropped = sum(n for why, n in SKIPPED.get(name, {}).items() if not re.search(r"^a (row|box) of|mask file", why))
+    built = {source_stem(r["image"]) if volume else r["image"] for r in records}
+    assert len(found) == len(built) + images_dropped  # every image the download holds: built, or dropped by reason
 
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
@@ -406,7 +422,7 @@ def test_chestxray8_reads_the_kaggle_mirrors_label_file_too(tmp_path):
                 "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n")
         f.write("00000001_000.png,No Finding,0,1,58,M,PA,64,64,0.143,0.143,\n00000002_000.png,Mass,0,2,81,M,PA,64,64,0.143,0.143,\n")
     summary = build.build(None, str(tmp_path / "out"), test_frac=0.0, sources=[("chestxray8", str(tmp_path / "cxr"))])
-    assert summary["images"] == 2 and summary["skipped_by_recipe"] == {"chestxray8": {"no class, or several": 1}}
+    assert summary["images"] == 2 and summary["dropped"]["chestxray8"]["no class, or several"] == 1
 
 
 def test_a_lits_download_whose_labels_match_no_volume_is_one_error(tmp_path):
@@ -447,3 +463,91 @@ def test_a_root_without_the_files_a_missing_label_file_and_the_list(tmp_path, ca
     assert "skipped" in listing  # what each recipe leaves out, and why
     with pytest.raises(SystemExit, match="unknown recipe 'brats'"):
         build.main(["--recipe", "brats", "--root", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+# ---- real downloads that went wrong (issue 41): each fails on the builder before it ----
+
+def build_fails(*args, match):
+    with pytest.raises(SystemExit, match=match) as error:
+        build.main(list(args))
+    assert "Traceback" not in str(error.value)
+
+
+def test_busi_with_masks_missing_or_a_class_spelled_otherwise_is_never_silent(tmp_path):
+    root = str(tmp_path / "Dataset_BUSI_with_GT")
+    busi(root)
+    os.remove(os.path.join(root, "malignant", "malignant (1)_mask.png"))
+    summary = build.build(None, str(tmp_path / "out"), test_frac=0.0, sources=[("busi", root)])
+    assert summary["dropped"] == {"busi": {"abnormal, its mask file missing: no localization question": 1}}
+    records = data.load_jsonl(str(tmp_path / "out" / "train.jsonl"))
+    malignant = [r for r in records if "malignant" in r["image"]]
+    assert answer_of(malignant, "anomaly") == "Abnormal" and answer_of(malignant, "localization") is None
+    for cls in ("benign", "normal"):
+        for f in glob.glob(os.path.join(root, cls, "*_mask*.png")):
+            os.remove(f)
+    build_fails("--recipe", "busi", "--root", root, "--out", str(tmp_path / "o"),
+                match=r"none of its 2 abnormal images has its mask file \(for the first, benign/benign \(1\)_mask\*.png\)")
+    busi(root)
+    os.rename(os.path.join(root, "malignant"), os.path.join(root, "Malignant"))
+    build_fails("--recipe", "busi", "--root", root, "--out", str(tmp_path / "o"),
+                match=r"found no image of class 'malignant' .*: the folder is spelled 'Malignant' here")
+    shutil.rmtree(os.path.join(root, "Malignant"))
+    build_fails("--recipe", "busi", "--root", root, "--out", str(tmp_path / "o"),
+                match=r"found no image of class 'malignant' .*is that part of the download missing")
+
+
+def test_kvasir_without_its_masks_folder_or_one_mask(tmp_path):
+    root = str(tmp_path / "kvasir")
+    kvasir(root)
+    picture(os.path.join(root, "Kvasir-SEG", "images", "cju0roawvklrq0799vmjorwfv.jpg"), lesion=UPPER_LEFT)
+    summary = build.build(None, str(tmp_path / "out"), test_frac=0.0, sources=[("kvasir-seg", root)])
+    assert summary["dropped"] == {"kvasir-seg": {"abnormal, its mask file missing: no localization question": 1}}
+    shutil.rmtree(os.path.join(root, "Kvasir-SEG", "masks"))
+    build_fails("--recipe", "kvasir-seg", "--root", root, "--out", str(tmp_path / "o"),
+                match=r"--recipe kvasir-seg --root .*kvasir: none of its 2 abnormal images has its mask file \(for the "
+                      r"first, Kvasir-SEG/masks/cju0qkwl35piu0993l0dewei2.jpg\)")
+
+
+def test_label_files_a_spreadsheet_saved_or_cut_short_are_named(tmp_path):
+    root = str(tmp_path / "cxr")
+    chestxray8(root)
+    entry = os.path.join(root, "Data_Entry_2017_v2020.csv")
+    text = open(entry).read()
+    open(entry, "w", encoding="utf-16").write(text)
+    build_fails("--recipe", "chestxray8", "--root", root, "--out", str(tmp_path / "o"),
+                match=r"Data_Entry_2017_v2020.csv: UTF-16 text .*save it as UTF-8")
+    open(entry, "w", encoding="cp1252").write(text.replace("No Finding", "No Finding", 1).replace("57,M", "57,Mé", 1))
+    build_fails("--recipe", "chestxray8", "--root", root, "--out", str(tmp_path / "o"),
+                match=r"Data_Entry_2017_v2020.csv:2: not UTF-8")
+    open(entry, "w").write(text.replace(",", ";"))  # a spreadsheet in a locale whose separator is ';'
+    summary = build.build(None, str(tmp_path / "semicolons"), test_frac=0.0, sources=[("chestxray8", root)])
+    assert summary["images"] == 2 and summary["dropped"]["chestxray8"] == SKIPPED["chestxray8"]
+    open(entry, "w").write(text + "00000005_000.png\n")  # a row cut short
+    build_fails("--recipe", "chestxray8", "--root", root, "--out", str(tmp_path / "o"),
+                match=r"Data_Entry_2017_v2020.csv:6: 1 cells, where the columns read need 2")
+
+
+def test_the_output_folder_is_never_mixed_and_a_root_may_hold_brackets(tmp_path, capsys):
+    root = str(tmp_path / "BUSI [v1]")
+    expected = busi(root)
+    out = str(tmp_path / "out")
+    build.main(["--recipe", "busi", "--root", root, "--out", out, "--test-frac", "0"])
+    before = sorted(os.listdir(os.path.join(out, "images")))
+    assert {source_stem(i) for i in before} == set(expected)
+    kvasir(str(tmp_path / "kvasir"))
+    build_fails("--recipe", "kvasir-seg", "--root", str(tmp_path / "kvasir"), "--out", out, match="holds files already")
+    assert sorted(os.listdir(os.path.join(out, "images"))) == before
+    build.main(["--recipe", "kvasir-seg", "--root", str(tmp_path / "kvasir"), "--out", out, "--overwrite"])
+    assert {source_stem(i) for i in os.listdir(os.path.join(out, "images"))} == {"cju0qkwl35piu0993l0dewei2"}  # no stale
+    assert not os.path.exists(out + ".partial")
+    build_fails("--recipe", "busi", "--root", root, "--out", str(tmp_path), "--overwrite",
+                match=r"holds an input")  # never cleared: it holds the download
+    open(tmp_path / "a_file", "w").write("x")
+    build_fails("--recipe", "busi", "--root", root, "--out", str(tmp_path / "a_file"), match="is a file: give a folder")
+    os.symlink("..", os.path.join(root, "benign", "up"))  # a folder linked into itself
+    summary = build.build(None, str(tmp_path / "looped"), test_frac=0.0, sources=[("busi", root)])
+    assert summary["images"] == len(expected)
+    capsys.readouterr()
+    os.remove(os.path.join(root, "malignant", "malignant (1)_mask.png"))
+    build.main(["--recipe", "busi", "--root", root, "--out", str(tmp_path / "printed")])
+    assert "dropped from --recipe busi: 1 abnormal, its mask file missing" in capsys.readouterr().out
