@@ -215,7 +215,7 @@ def test_cot_model_writes_cots_and_keeps_only_those_the_judge_follows(manifest, 
     path, _ = manifest
     templated = build.build(path, str(tmp_path / "m"), seed=0)
     before = (tmp_path / "m" / "train.jsonl").read_bytes()
-    summary = cots.main(["--data", str(tmp_path / "m"), "--cot-model", tiny_dir])
+    summary = cots.main(["--data", str(tmp_path / "m"), "--cot-model", tiny_dir, "--max-new-tokens", "48", "--batch-size", "32"])
     assert (tmp_path / "m" / "train.jsonl").read_bytes() == before  # the templated set stays
     assert summary["questions_before_cot_check"] == templated["train"] + templated["test"]
     kept = [r for s in ("train", "test") for r in data.load_jsonl(str(tmp_path / "m" / f"{s}.cot.jsonl"))]
