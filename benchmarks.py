@@ -149,20 +149,17 @@ def find_files(name: str, layout: dict, split: str, root: str) -> tuple[list[str
     A folder linked twice (a symlink loop) gives the same file again: kept once. In a Hugging Face cache
     (.../snapshots/<commit>/...) only the snapshot refs/main names is read. Files in two places (a second copy, an
     older snapshot, another benchmark's files under one root) are an error naming both."""
-    found, real = [], set()
-    for pattern in layout["splits"][split]:
-        hits = sorted(glob.glob(os.path.join(glob.escape(root), pattern), recursive=True), key=lambda f: (f.count("/"), f))
-        for f in hits:
-            if os.path.realpath(f) not in real:
-                real.add(os.path.realpath(f))
-                found.append((f, pattern))
+    found = [(f, p) for p in layout["splits"][split]
+             for f in sorted(glob.glob(os.path.join(glob.escape(root), p), recursive=True), key=lambda f: (f.count("/"), f))]
     snapshot = None
-    for f, _ in found:
-        cache = re.search(r"^(.*)/snapshots/([^/]+)/", f)
-        if cache and os.path.isfile(os.path.join(cache.group(1), "refs", "main")):
-            snapshot = open(os.path.join(cache.group(1), "refs", "main")).read().strip()
-    if snapshot:
-        found = [(f, p) for f, p in found if f"/snapshots/{snapshot}/" in f or "/snapshots/" not in f]
+    for f, _ in found:  # a hub cache under root: <repo>/refs/main, <repo>/snapshots/<commit>/...
+        cache = re.search(r"^(.*?)/?snapshots/[^/]+/", os.path.relpath(f, root).replace(os.sep, "/"))
+        if cache and os.path.isfile(os.path.join(root, cache.group(1), "refs", "main")):
+            snapshot = open(os.path.join(root, cache.group(1), "refs", "main")).read().strip()
+    if snapshot:  # before the links are followed: two snapshots' files may be links to one blob
+        found = [(f, p) for f, p in found if f"/snapshots/{snapshot}/" in f or "snapshots/" not in os.path.relpath(f, root)]
+    real = {}
+    found = [(f, p) for f, p in found if real.setdefault(os.path.realpath(f), f) == f]
     places = {}  # the folder `**` matched, per file: one for every file of a split
     for f, pattern in found:
         rel = os.path.relpath(f, root).replace(os.sep, "/").split("/")

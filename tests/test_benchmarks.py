@@ -347,18 +347,25 @@ def test_a_hub_cache_reads_the_snapshot_refs_main_names(tmp_path):
     """~/.cache/huggingface/hub/datasets--BoKelvin--SLAKE/{refs/main, snapshots/<commit>/...}: an older snapshot beside
     the current one is not read again (huggingface_hub docs, guides/manage-cache.md)."""
     repo = tmp_path / "hub" / "datasets--BoKelvin--SLAKE"
-    old, new = "be157e9" + "0" * 33, "a9083ce" + "0" * 33
+    old, new = "a9083ce" + "0" * 33, "be157e9" + "0" * 33  # the current one sorts last
     slake(str(repo / "snapshots" / old))
     slake(str(repo / "snapshots" / new))
+    (repo / "blobs").mkdir()  # a file unchanged between the two commits: both snapshots link to one blob
+    os.replace(repo / "snapshots" / new / "test.json", repo / "blobs" / "9f2c")
+    os.remove(repo / "snapshots" / old / "test.json")
+    for rev in (old, new):
+        os.symlink("../../blobs/9f2c", repo / "snapshots" / rev / "test.json")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(new)
     summary = benchmarks.convert("slake", str(repo), str(tmp_path / "out"))
     assert summary["questions"] == 2 and summary["hub_snapshot"] == new
     assert {r["image"].split("/snapshots/")[1][:7] for r in data.load_jsonl(str(tmp_path / "out" / "test.jsonl"))} == \
-        {"a9083ce"}
+        {new[:7]}
+    os.remove(repo / "snapshots" / old / "test.json")  # the older commit's file differs from the current one's
+    shutil.copy(repo / "blobs" / "9f2c", repo / "snapshots" / old / "test.json")
     (repo / "refs" / "main").unlink()  # which snapshot is current cannot be told: both places named
     convert_fails("--bench", "slake", "--root", str(repo), "--out", str(tmp_path / "o"),
-                  match=rf"its test files are in two places, .*{new[:7]}.*test.json and .*{old[:7]}.*test.json")
+                  match=rf"its test files are in two places, .*{old[:7]}.*test.json and .*{new[:7]}.*test.json")
 
 
 def test_a_second_copy_or_another_benchmark_under_the_root_is_an_error_naming_both(tmp_path):
