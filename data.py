@@ -193,6 +193,7 @@ def start_output(out: str, overwrite: bool = False) -> str:
 
 def finish_output(staging: str, out: str):
     """OUT replaced by what the run wrote into `staging` (start_output)."""
+    out = os.path.abspath(out)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(staging, out)
 
