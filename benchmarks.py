@@ -27,8 +27,8 @@ import os
 import re
 import shutil
 
-from data import (LETTERS, MAX_ERRORS, finish_output, read_csv, read_json, read_text, record_problems, same_text,
-                  start_output, write_jsonl)
+from data import (LETTERS, MAX_ERRORS, finish_output, read_csv, read_json, record_problems, same_text, start_output,
+                  write_jsonl)
 
 PARQUET = "pip install -r requirements-benchmarks.txt (pyarrow)"
 MMMU_MEDICAL = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine", "Pharmacy",
@@ -174,18 +174,10 @@ def find_files(name: str, layout: dict, split: str, root: str) -> tuple[list[str
 def read_rows(path: str, kind: str) -> tuple[list[dict], list[str] | None]:
     """The records of one file (a JSON list of objects, JSON lines, CSV rows or parquet rows) and, for a CSV, its
     columns (headers stripped of spaces). Errors name the file and line."""
-    if kind == "json":
-        rows = read_json(path)
+    if kind in ("json", "jsonl"):
+        rows = read_json(path, lines=kind == "jsonl")
         if not isinstance(rows, list):
             raise ValueError(f"{path}: expected a JSON list of questions, got a {type(rows).__name__}")
-        return rows, None
-    if kind == "jsonl":
-        rows = []
-        for n, line in enumerate(read_text(path).splitlines(), 1):
-            try:
-                rows += [json.loads(line)] if line.strip() else []
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}): a download cut short?") from None
         return rows, None
     if kind == "csv":
         table = read_csv(path)
@@ -372,6 +364,7 @@ def _convert(name: str, b: dict, split: str, root: str, files: list[str], out: s
                 skip("open, or closed but answered other than yes or no")
                 continue
             options = options_of(b, row)
+            listed = len(options)
             letter, problem = answer_of(b, row, options)
             if not problem and len({plain(o) for o in options}) < len(options):
                 options, letter = merge_twins(options, letter)
@@ -403,7 +396,7 @@ def _convert(name: str, b: dict, split: str, root: str, files: list[str], out: s
             errors += [f"{where}: {f}: {p}" for f, p in record_problems(record)]
             if not record_problems(record):
                 records.append(record)
-                merged += len(options) < len(options_of(b, row))
+                merged += len(options) < listed
         if limit and len(records) >= limit:
             break
     if errors:

@@ -55,7 +55,8 @@ def text_lines(path: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]
                 lines.append((lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")))
             except UnicodeDecodeError as e:
                 errors.append((lineno, f"{path}:{lineno}: -: not UTF-8 (byte {raw[e.start]:#04x} at column "
-                                       f"{e.start + 1}); save the file as UTF-8"))
+                                       f"{e.start + 1}, as in cp1252, the encoding of a CSV some spreadsheets save); "
+                                       "save the file as UTF-8"))
     return lines, errors
 
 
@@ -145,17 +146,15 @@ def file_problems(files: dict) -> dict:
 
 
 def read_text(path: str) -> str:
-    """A text file's content: UTF-8, a byte-order mark allowed. Another encoding is an error naming the file (and the
-    line) and what to do: a spreadsheet's "Unicode text" is UTF-16, its plain CSV often cp1252."""
-    raw = open(path, "rb").read()
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise ValueError(f"{path}: UTF-16 text (a spreadsheet's 'Unicode text'): save it as UTF-8")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise ValueError(f"{path}:{line}: not UTF-8 (byte {raw[e.start]:#04x}, as in cp1252, the encoding of a CSV some "
-                         "spreadsheets save): save it as UTF-8") from None
+    """A text file's content (text_lines): another encoding than UTF-8 is an error naming the file and its first line
+    that does not decode; a spreadsheet's "Unicode text" is UTF-16, named as such."""
+    with open(path, "rb") as f:
+        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            raise ValueError(f"{path}: UTF-16 text (a spreadsheet's 'Unicode text'): save it as UTF-8")
+    lines, errors = text_lines(path)
+    if errors:
+        raise ValueError(errors[0][1])
+    return "".join(text for _, text in lines)
 
 
 def read_csv(path: str) -> list[list[str]]:
@@ -167,12 +166,18 @@ def read_csv(path: str) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text, newline=""), delimiter=sep))
 
 
-def read_json(path: str):
-    """A JSON file's content (read_text); invalid JSON is an error naming the file, line and column."""
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}): a download cut short?") from None
+def read_json(path: str, lines: bool = False):
+    """A JSON file's content, or with `lines` the list of a JSON-lines file's values (read_text); invalid JSON is an
+    error naming the file, line and column."""
+    text = read_text(path)
+    values = []
+    for n, chunk in [(n, t) for n, t in enumerate(text.splitlines(), 1) if t.strip()] if lines else [(0, text)]:
+        try:
+            values.append(json.loads(chunk))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n or e.lineno}: not valid JSON ({e.msg} at column {e.colno}): a download cut "
+                             "short?") from None
+    return values if lines else values[0]
 
 
 def start_output(out: str, overwrite: bool = False) -> str:

@@ -433,7 +433,7 @@ def test_files_a_spreadsheet_saved_and_files_cut_short_are_named(tmp_path):
     with open(os.path.join(proot, "test_clean.csv"), "w", newline="", encoding="cp1252") as f:
         csv.writer(f, delimiter=";").writerows(rows)  # a European spreadsheet's CSV
     convert_fails("--bench", "pmc-vqa", "--root", proot, "--out", str(tmp_path / "o"),
-                  match=r"test_clean.csv:2: not UTF-8 \(byte 0xe9")
+                  match=r"test_clean.csv:2: -: not UTF-8 \(byte 0xe9")
     with open(os.path.join(proot, "test_clean.csv"), "w", newline="", encoding="utf-8") as f:
         csv.writer(f, delimiter=";").writerows(rows)
     summary = benchmarks.convert("pmc-vqa", proot, str(tmp_path / "semicolons"))
@@ -453,3 +453,11 @@ def test_a_split_found_elsewhere_is_named(tmp_path):
     root, _, _ = pmc_vqa(str(tmp_path / "pmc"), "test-2")
     convert_fails("--bench", "pmc-vqa", "--root", root, "--out", str(tmp_path / "o"),
                   match=r"found none of \*\*/test_clean.csv \(here: --split test-2\)")
+
+
+def test_a_json_lines_file_cut_short_is_named_by_its_line(tmp_path):
+    root, _, _ = medxpertqa(str(tmp_path / "MedXpertQA"))
+    text = open(os.path.join(root, "MM", "test.jsonl")).read()
+    open(os.path.join(root, "MM", "test.jsonl"), "w").write(text[:len(text) - 40])
+    convert_fails("--bench", "medxpertqa-mm", "--root", root, "--out", str(tmp_path / "o"),
+                  match=r"MM/test.jsonl:2: not valid JSON")

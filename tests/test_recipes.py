@@ -518,7 +518,7 @@ def test_label_files_a_spreadsheet_saved_or_cut_short_are_named(tmp_path):
                 match=r"Data_Entry_2017_v2020.csv: UTF-16 text .*save it as UTF-8")
     open(entry, "w", encoding="cp1252").write(text.replace("No Finding", "No Finding", 1).replace("57,M", "57,Mé", 1))
     build_fails("--recipe", "chestxray8", "--root", root, "--out", str(tmp_path / "o"),
-                match=r"Data_Entry_2017_v2020.csv:2: not UTF-8")
+                match=r"Data_Entry_2017_v2020.csv:2: -: not UTF-8")
     open(entry, "w").write(text.replace(",", ";"))  # a spreadsheet in a locale whose separator is ';'
     summary = build.build(None, str(tmp_path / "semicolons"), test_frac=0.0, sources=[("chestxray8", root)])
     assert summary["images"] == 2 and summary["dropped"]["chestxray8"] == SKIPPED["chestxray8"]
