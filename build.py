@@ -255,7 +255,7 @@ def build(manifest: str | None, out: str, seed: int = 0, test_frac: float = 0.3,
     """
     inputs = [os.path.abspath(p) for p in [manifest, *(root for _, root in sources)] if p]
     inside = [p for p in inputs if (p + os.sep).startswith(os.path.abspath(out) + os.sep)]
-    if inside and os.path.isdir(out) and os.listdir(out):
+    if inside:
         raise ValueError(f"--out {out} holds an input ({inside[0]}): give an output folder of its own")
     partial = start_output(out, overwrite)
     work = os.path.join(partial, ".work")  # sliced volumes, drawn boxes: read, then left behind

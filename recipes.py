@@ -58,17 +58,18 @@ def _table(root: str, spec: dict) -> tuple[str, dict]:
     missing = [c for c in cols if c not in header] or ([] if keys else [(spec.get("keys") or [spec["key"]])[0]])
     if missing:
         raise ValueError(f"{found}: no column {missing[0]!r} (columns: {', '.join(header)})")
-    read = [header.index(c) for c in [*keys, *cols]]
+    key_at, value_at = [header.index(k) for k in keys], [header.index(c) for c in cols]
+    need = max(key_at + value_at) + 1
     table, short = {}, []
     for line, cells in enumerate(rows[1:], 2):
         if not trim(cells):
             continue  # a blank line
-        if len(cells) <= max(read):
-            short.append(f"{found}:{line}: {len(trim(cells))} cells, where the columns read need {max(read) + 1}")
+        if len(cells) < need:
+            short.append(f"{found}:{line}: {len(trim(cells))} cells, where the columns read need {need}")
             continue
-        values = [cells[header.index(c)].strip() for c in cols]
-        for key in keys:
-            table.setdefault(cells[header.index(key)].strip(), []).append(values)
+        values = [cells[i].strip() for i in value_at]
+        for i in key_at:
+            table.setdefault(cells[i].strip(), []).append(values)
     if short:
         raise ValueError("\n".join(short[:20]) + (f"\n... and {len(short) - 20} more" if len(short) > 20 else ""))
     return found, table
@@ -174,7 +175,8 @@ def rows(name: str, root: str, staging: str) -> tuple[list[dict], dict]:
     tables = [(spec.get("where"), *_table(root, spec)) for spec in classes.get("tables", [])]
     box_file, boxes = _table(root, recipe["boxes"]) if "boxes" in recipe else (None, {})
     sequences = _sequences(root, recipe["patient"]) if isinstance(recipe.get("patient"), dict) else None
-    out, used, seen_classes, wanted_masks, boxed = [], set(), set(), [], set()
+    out, used, seen_classes, boxed, wanting = [], set(), set(), set(), []  # wanting: abnormal images' expected masks
+    any_mask = False
     for path in images:
         rel = os.path.relpath(path, root).replace(os.sep, "/")
         ident = _patient(recipe, rel, sequences)
@@ -193,7 +195,8 @@ def rows(name: str, root: str, staging: str) -> tuple[list[dict], dict]:
         masks = sorted({m for e in expected for m in glob.glob(os.path.join(glob.escape(root),
                                                                             glob.escape(e).replace("[*]", "*")))})
         if recipe.get("masks") and row.get("anomaly") in ("yes", "mask"):
-            wanted_masks.append((bool(masks), expected[:1]))
+            wanting.append(expected[0] if expected else "?")
+            any_mask = any_mask or bool(masks)
         if boxes.get(base) and row.get("anomaly") == "yes":
             masks = [_box_mask(path, boxes[base], staging)]
             boxed.add(base)
@@ -218,9 +221,8 @@ def rows(name: str, root: str, staging: str) -> tuple[list[dict], dict]:
         if row.get("anomaly") == "no":
             row.pop("pathology", None)
         out.append(row)
-    if wanted_masks and not any(has for has, _ in wanted_masks):
-        example = next((e[0] for _, e in wanted_masks if e), "?")
-        raise ValueError(f"none of its {len(wanted_masks)} abnormal images has its mask file (for the first, {example}): "
+    if wanting and not any_mask:
+        raise ValueError(f"none of its {len(wanting)} abnormal images has its mask file (for the first, {wanting[0]}): "
                          "is the masks' part of the download missing, or is it a split whose labels are not released?")
     for value in classes.get("map", {}) if "path" in classes else ():
         if value not in seen_classes:
