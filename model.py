@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 import transformers
-from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
@@ -138,14 +138,12 @@ def inner(model):
 
 def vision_modules(model) -> list:
     """The vision tower and projector: frozen unless --train-vision."""
-    backbone = inner(model)
-    return [backbone.get_submodule(name) for name in family(model).vision]
+    return [inner(model).get_submodule(name) for name in family(model).vision]
 
 
 def fsdp_units(model) -> list:
     """The modules FSDP2 shards one by one: the tower's blocks and the language model's layers."""
-    backbone = inner(model)
-    return [*backbone.get_submodule(family(model).vision_blocks), *backbone.language_model.layers]
+    return [*inner(model).get_submodule(family(model).vision_blocks), *inner(model).language_model.layers]
 
 
 # ---- loading ----
@@ -166,7 +164,6 @@ def default_dtype(device) -> torch.dtype:
 def model_type(path: str, trust_remote_code: bool = False) -> str:
     """config.model_type of a model folder, an adapter folder's base, or a (cached) hub id; for a folder of a processor
     alone, the type whose processor class its processor_config.json names (run.save_processor writes it)."""
-    from transformers import AutoConfig
     try:
         return AutoConfig.from_pretrained(adapter_base(path) or path, trust_remote_code=trust_remote_code).model_type
     except (OSError, ValueError) as e:
@@ -263,7 +260,6 @@ def load_judge(path: str, *, device: str | None = None, dtype: torch.dtype | Non
     """(model, tokenizer) of the judge F of Eq. 6, frozen: an SFT output or any other adapter folder (merged onto its
     base), a vision-language model (used without an image), or any causal language model, by hub id or folder. The
     caller puts its LM head in fp32 as the policy's (precision.fp32_logits)."""
-    from transformers import AutoModelForCausalLM
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     path = os.path.abspath(path) if os.path.isdir(path) else path
